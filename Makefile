@@ -1,0 +1,32 @@
+# Two commands do everything on a fresh machine (see README.md):
+#   make demo   -> creates .venv (Python >= 3.12) if needed, then runs the main job
+#   make test   -> creates .venv with the test extras if needed, then runs the test suite
+VENV ?= .venv
+OUT ?= out
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?= -q -n 2
+
+.PHONY: demo test test-all venv clean
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	@set -e; if [ ! -x $(PY) ]; then \
+	  interp=$$(bash tools/find_python.sh); \
+	  echo "creating $(VENV) with $$interp"; \
+	  "$$interp" -m venv $(VENV); \
+	fi
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	@touch $@
+
+demo: venv
+	$(VENV)/bin/flexavatar-jax preview-head --out $(OUT)/preview_head
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS) tests
+
+test-all: venv
+	$(PY) -m pytest $(PYTEST_ARGS) --runslow tests
+
+clean:
+	rm -rf $(VENV) $(OUT)

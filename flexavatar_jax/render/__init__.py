@@ -1,0 +1,1 @@
+"""Rendering: Gaussian rasterization backends, cameras, mesh z-buffer."""
