@@ -29,3 +29,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip_slow)
+
+
+@pytest.fixture(scope="session")
+def procedural_head():
+    from flexavatar_jax.head.procedural import load_procedural_head
+
+    return load_procedural_head()
+
+
+@pytest.fixture(scope="session")
+def procedural_arrays():
+    from flexavatar_jax.head.procedural import load_procedural_arrays
+
+    return load_procedural_arrays()

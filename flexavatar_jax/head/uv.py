@@ -127,7 +127,8 @@ def relative_scale_map(model: HeadModel, vertices: Float[Array, "V 3"], resoluti
     tri = v[jnp.asarray(model.faces)]
     area3d = 0.5 * jnp.linalg.norm(jnp.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=-1)
     uv = np.asarray(model.uv_coords, np.float64)[np.asarray(model.faces_uv)]
-    area_uv = 0.5 * np.abs(np.cross(uv[:, 1] - uv[:, 0], uv[:, 2] - uv[:, 0]))
+    e1, e2 = uv[:, 1] - uv[:, 0], uv[:, 2] - uv[:, 0]
+    area_uv = 0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
     ratio = area3d / jnp.asarray(np.maximum(area_uv, 1e-20), area3d.dtype)
     per_texel = ratio[jnp.asarray(np.maximum(table.face, 0))]
     return jnp.where(jnp.asarray(table.valid), per_texel, 0.0)
