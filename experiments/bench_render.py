@@ -1,0 +1,281 @@
+"""Benchmark `rasterize` (tiled) against a naive dense JAX splatter on head-shaped scenes.
+
+Each (scene, implementation) pair runs in a fresh subprocess so that `ru_maxrss` is that scene's
+own peak resident memory (the figure includes the ~0.3-0.5 GB a JAX process holds before any
+work; `baseline_rss_mb` reports it). Per pair we report AOT compile time and the wall time of the
+forward and of forward+backward (value_and_grad w.r.t. all Gaussian parameters) after compiling,
+as min and median over `--repeats` runs (tiled: after one warm-up run; dense: no warm-up, since
+a single dense run takes minutes and compile time is already excluded).
+
+Scenes: N Gaussians on a head-sized ellipsoid shell (semi-axes 8 × 11 × 9.5 cm, 1 cm thick) seen
+from 0.6 m with a field of view that frames the head, scales matched to the Gaussian spacing,
+so per-tile load is what an avatar produces (densest at the silhouette).
+
+The dense baseline composites every pixel against every Gaussian (same projection, same
+compositing rules), chunked over pixels under `jax.checkpoint` so it fits in memory. It is
+skipped for a scene when its predicted fwd+bwd time (scaled from the previous dense scene by
+pixels × Gaussians) exceeds `--dense_budget_s`; the JSON then says so.
+
+    python experiments/bench_render.py --backend jax --out out/bench_render.json --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+SCENES = {  # name: (num_gaussians, image size)
+    "5k_64": (5_000, 64),
+    "20k_128": (20_000, 128),
+    "80k_256": (80_000, 256),
+    "80k_512": (80_000, 512),
+}
+HEAD_SEMI_AXES = (0.08, 0.11, 0.095)  # metres: half width, half height, half depth
+CAMERA_DISTANCE = 0.6
+FRAME_HALF_HEIGHT = 0.12  # metres visible above/below the head centre at the camera distance
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def head_scene(num_gaussians: int, size: int, seed: int = 0):
+    """(means, quats, scales, opacities, colors, viewmats, Ks) as float32 numpy arrays."""
+    import numpy as np
+
+    from flexavatar_jax.render import camera
+
+    rng = np.random.default_rng(seed)
+    axes = np.asarray(HEAD_SEMI_AXES)
+    direction = rng.normal(size=(num_gaussians, 3))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    means = direction * axes * rng.uniform(0.9, 1.0, (num_gaussians, 1))
+    area = 4.0 * np.pi * np.prod(axes) ** (2.0 / 3.0)  # sphere of equal volume: close enough
+    spacing = np.sqrt(area / num_gaussians)
+    scales = 0.5 * spacing * rng.uniform(0.5, 1.5, (num_gaussians, 3))
+    quats = rng.normal(size=(num_gaussians, 4))
+    opacities = rng.uniform(0.3, 1.0, num_gaussians)
+    colors = rng.uniform(0.0, 1.0, (num_gaussians, 3))
+    viewmats = camera.look_at(np.array([[0.0, 0.0, CAMERA_DISTANCE]], np.float32), np.zeros((1, 3), np.float32))
+    fov = 2.0 * np.degrees(np.arctan(FRAME_HALF_HEIGHT / CAMERA_DISTANCE))
+    Ks = camera.intrinsics_from_fov(fov, size, size)[None]
+    f32 = lambda x: np.asarray(x, np.float32)  # noqa: E731
+    return tuple(f32(x) for x in (means, quats, scales, opacities, colors, viewmats, Ks))
+
+
+def dense_rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, height, pair_budget=1 << 22):
+    """Naive reference splatter: every pixel against every Gaussian (gsplat rules, no tiles).
+
+    Pixels are processed in chunks of ~pair_budget/N under `jax.checkpoint`, so the backward
+    recomputes each chunk instead of storing [pixels × N] residuals.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from flexavatar_jax.render.projection import ALPHA_THRESHOLD, project_gaussians
+    from flexavatar_jax.render.rasterize import MAX_ALPHA, TRANSMITTANCE_EPS
+
+    proj = project_gaussians(means, quats, scales, opacities, viewmats, Ks, width, height)
+    num_pixels = width * height
+    chunk = max(16, min(num_pixels, pair_budget // max(means.shape[0], 1)))
+    num_chunks = -(-num_pixels // chunk)
+    ys, xs = jnp.divmod(jnp.arange(num_chunks * chunk), width)
+    pixels = jnp.stack([xs + 0.5, ys + 0.5], -1).astype(means.dtype).reshape(num_chunks, chunk, 2)
+
+    def one_view(means2d, conics, depths, valid):
+        order = jnp.argsort(jnp.where(valid, depths, jnp.inf))
+        m, con = means2d[order], conics[order]
+        opac, feats = jnp.where(valid, opacities, 0.0)[order], colors[order]
+
+        @jax.checkpoint
+        def pixel_chunk(pix):
+            dx = m[None, :, 0] - pix[:, 0:1]
+            dy = m[None, :, 1] - pix[:, 1:2]
+            sigma = 0.5 * (con[None, :, 0] * dx * dx + con[None, :, 2] * dy * dy) + con[None, :, 1] * dx * dy
+            alpha = jnp.minimum(MAX_ALPHA, opac[None] * jnp.exp(-jnp.maximum(sigma, 0.0)))
+            alpha = jnp.where((sigma >= 0) & (alpha >= ALPHA_THRESHOLD), alpha, 0.0)
+            log1m = jnp.log1p(-alpha)
+            t_excl = jnp.exp(jnp.cumsum(log1m, axis=1) - log1m)
+            live = t_excl * (1.0 - alpha) > TRANSMITTANCE_EPS
+            color = jnp.where(live, alpha * t_excl, 0.0) @ feats
+            return color, jnp.exp(jnp.sum(jnp.where(live, log1m, 0.0), axis=1))
+
+        color, trans = jax.lax.map(pixel_chunk, pixels)
+        return color.reshape(-1, feats.shape[1])[:num_pixels], trans.reshape(-1)[:num_pixels]
+
+    color, trans = jax.vmap(one_view)(proj.means2d, proj.conics, proj.depths, proj.valid)
+    num_views = viewmats.shape[0]
+    return color.reshape(num_views, height, width, -1), (1.0 - trans).reshape(num_views, height, width, 1)
+
+
+def _time(fn, args, repeats):
+    import jax
+
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return {"min_s": min(times), "median_s": statistics.median(times), "runs": len(times)}
+
+
+def run_child(scene_name: str, impl: str, backend: str, repeats: int, warmup: bool) -> dict:
+    """Measure one (scene, implementation) pair in this process."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from flexavatar_jax.render.rasterize import rasterize, rasterize_with_diagnostics
+
+    num_gaussians, size = SCENES[scene_name]
+    arrays = tuple(jnp.asarray(x) for x in head_scene(num_gaussians, size))
+    result = {"scene": scene_name, "impl": impl, "num_gaussians": num_gaussians, "size": size}
+    if impl == "tiled":
+        render = lambda *a: rasterize(*a, size, size, backend=backend)  # noqa: E731
+        _, _, diag = rasterize_with_diagnostics(*arrays, size, size, backend=backend)
+        counts = np.asarray(diag.tile_counts)
+        result.update(
+            intersections=int(counts.sum()), max_gaussians_in_a_tile=int(counts.max()),
+            mean_gaussians_per_tile=float(counts.mean()), overflow=int(np.sum(diag.overflow)),
+            visible_gaussians=int(np.sum(diag.valid)),
+        )
+    else:
+        render = lambda *a: dense_rasterize(*a, size, size)  # noqa: E731
+    result["baseline_rss_mb"] = _peak_rss_mb()
+
+    def loss(means, quats, scales, opacities, colors, viewmats, Ks):
+        images, alphas = render(means, quats, scales, opacities, colors, viewmats, Ks)
+        return jnp.sum(images * images) + jnp.sum(alphas)
+
+    forward = jax.jit(render)
+    start = time.perf_counter()
+    forward = forward.lower(*arrays).compile()
+    result["compile_fwd_s"] = time.perf_counter() - start
+    if warmup:
+        jax.block_until_ready(forward(*arrays))
+    result["fwd"] = _time(forward, arrays, repeats)
+    result["peak_rss_fwd_mb"] = _peak_rss_mb()
+
+    train_step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4)))
+    start = time.perf_counter()
+    train_step = train_step.lower(*arrays).compile()
+    result["compile_fwd_bwd_s"] = time.perf_counter() - start
+    if warmup:
+        jax.block_until_ready(train_step(*arrays))
+    result["fwd_bwd"] = _time(train_step, arrays, repeats)
+    result["peak_rss_fwd_bwd_mb"] = _peak_rss_mb()
+    if impl == "tiled" and size <= 128:  # cross-check against the dense splatter where it is cheap
+        dense = jax.jit(lambda *a: dense_rasterize(*a, size, size))(*arrays)
+        result["max_abs_diff_vs_dense"] = float(jnp.max(jnp.abs(forward(*arrays)[0] - dense[0])))
+    return result
+
+
+def _table_row(entry: dict) -> dict:
+    """One flat row per scene, seconds rounded for reading."""
+    tiled, dense = entry["tiled"], entry["dense"]
+    r = lambda x: None if x is None else round(x, 4)  # noqa: E731
+    return {
+        "scene": entry["scene"],
+        "tiled_fwd_s": r(tiled.get("fwd", {}).get("min_s")),
+        "tiled_fwd_bwd_s": r(tiled.get("fwd_bwd", {}).get("min_s")),
+        "tiled_compile_fwd_s": r(tiled.get("compile_fwd_s")),
+        "tiled_compile_fwd_bwd_s": r(tiled.get("compile_fwd_bwd_s")),
+        "tiled_peak_rss_mb": r(tiled.get("peak_rss_fwd_bwd_mb")),
+        "dense_fwd_s": r(dense.get("fwd", {}).get("min_s")),
+        "dense_fwd_bwd_s": r(dense.get("fwd_bwd", {}).get("min_s")),
+        "dense_peak_rss_mb": r(dense.get("peak_rss_fwd_bwd_mb")),
+        "speedup_fwd": r(entry.get("speedup_fwd")),
+        "speedup_fwd_bwd": r(entry.get("speedup_fwd_bwd")),
+        "dense_skipped": bool(dense.get("skipped", False)),
+    }
+
+
+def _spawn(scene_name: str, impl: str, args) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", scene_name, "--impl", impl,
+           "--backend", args.backend, "--repeats", str(args.repeats if impl == "tiled" else args.dense_repeats)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"scene": scene_name, "impl": impl, "error": proc.stderr.strip().splitlines()[-1:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", default="jax", choices=("auto", "jax", "cuda"))
+    parser.add_argument("--out", default="out/bench_render.json", help="JSON output file")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (tiled)")
+    parser.add_argument("--dense_repeats", type=int, default=1, help="timed runs per measurement (dense)")
+    parser.add_argument("--scenes", default=",".join(SCENES), help=f"comma-separated subset of {list(SCENES)}")
+    parser.add_argument("--dense", default="auto", choices=("auto", "always", "never"))
+    parser.add_argument("--dense_budget_s", type=float, default=900.0,
+                        help="auto: skip the dense run when its predicted fwd+bwd time exceeds this")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--impl", default="tiled", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        print(json.dumps(run_child(args.child, args.impl, args.backend, args.repeats, warmup=args.impl == "tiled")))
+        return 0
+
+    import platform
+
+    report = {
+        "what": "rasterize (tiled, pure JAX) vs naive dense JAX splatter; seconds after compilation",
+        "backend": args.backend,
+        "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
+        "load_average_at_start": os.getloadavg(),
+        "scenes": [],
+    }
+    dense_rate = None  # seconds of dense fwd+bwd per (pixel × Gaussian), from the last dense run
+    for name in args.scenes.split(","):
+        num_gaussians, size = SCENES[name]
+        entry = {"scene": name, "num_gaussians": num_gaussians, "size": size}
+        entry["tiled"] = _spawn(name, "tiled", args)
+        predicted = None if dense_rate is None else dense_rate * num_gaussians * size * size
+        over_budget = predicted is not None and predicted > args.dense_budget_s
+        if args.dense == "never" or (args.dense == "auto" and over_budget):
+            entry["dense"] = {"skipped": True, "predicted_fwd_bwd_s": predicted,
+                              "reason": f"predicted fwd+bwd exceeds --dense_budget_s={args.dense_budget_s}"
+                              if args.dense == "auto" else "--dense never"}
+        else:
+            entry["dense"] = _spawn(name, "dense", args)
+            if "fwd_bwd" in entry["dense"]:
+                dense_rate = entry["dense"]["fwd_bwd"]["min_s"] / (num_gaussians * size * size)
+        tiled, dense = entry["tiled"], entry["dense"]
+        if "fwd" in tiled and "fwd" in dense:
+            entry["speedup_fwd"] = dense["fwd"]["min_s"] / tiled["fwd"]["min_s"]
+            entry["speedup_fwd_bwd"] = dense["fwd_bwd"]["min_s"] / tiled["fwd_bwd"]["min_s"]
+        elif "fwd_bwd" in tiled and dense.get("predicted_fwd_bwd_s"):
+            entry["predicted_speedup_fwd_bwd"] = dense["predicted_fwd_bwd_s"] / tiled["fwd_bwd"]["min_s"]
+        report["scenes"].append(entry)
+        print(f"[bench_render] {name}: tiled fwd {tiled.get('fwd', {}).get('min_s')}, "
+              f"fwd+bwd {tiled.get('fwd_bwd', {}).get('min_s')}; dense {dense.get('fwd_bwd', {}).get('min_s')}",
+              file=sys.stderr, flush=True)
+
+    by_name = {e["scene"]: e for e in report["scenes"]}
+    goals = {}
+    if "fwd_bwd" in by_name.get("20k_128", {}).get("tiled", {}):
+        goals["20k_128_fwd_bwd_under_1s"] = by_name["20k_128"]["tiled"]["fwd_bwd"]["min_s"] < 1.0
+    if "speedup_fwd_bwd" in by_name.get("80k_256", {}):
+        entry = by_name["80k_256"]
+        goals["80k_256_at_least_10x_dense"] = min(entry["speedup_fwd"], entry["speedup_fwd_bwd"]) >= 10.0
+    report["goals"] = goals
+    report["table"] = [_table_row(e) for e in report["scenes"]]
+    report["load_average_at_end"] = os.getloadavg()
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
