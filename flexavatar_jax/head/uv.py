@@ -201,6 +201,51 @@ class UVSamples:
         corners = jnp.asarray(faces)[jnp.asarray(self.face)]
         return jnp.einsum("nc,ncd->nd", jnp.asarray(self.bary, attribute.dtype), jnp.asarray(attribute)[corners])
 
+    def subset(self, mask: Bool[np.ndarray, " N"]) -> "UVSamples":
+        return UVSamples(face=self.face[mask], bary=self.bary[mask], uv=self.uv[mask], texel=self.texel[mask],
+                         dense=self.dense[mask])
+
+
+def uv_jacobian(model: HeadModel, samples: UVSamples, vertices: Float[Array, "V 3"]):
+    """Surface derivatives (dP/du, dP/dv) [N,3] each, at every sample's face (UV in [0,1] units),
+    and the unit face normal [N,3]. From [e1 e2] = [dP/du dP/dv]·[d1 d2] with e the 3D and d the
+    UV edges of the face; faces with degenerate UV get zero derivatives."""
+    v = jnp.asarray(vertices)
+    tri = v[jnp.asarray(model.faces)[jnp.asarray(samples.face)]]  # [N,3,3]
+    e1, e2 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
+    n = jnp.cross(e1, e2)
+    n = n / jnp.maximum(jnp.linalg.norm(n, axis=-1, keepdims=True), 1e-20)
+    uv = np.asarray(model.uv_coords, np.float64)[np.asarray(model.faces_uv)[samples.face]]
+    d1, d2 = uv[:, 1] - uv[:, 0], uv[:, 2] - uv[:, 0]
+    det = d1[:, 0] * d2[:, 1] - d1[:, 1] * d2[:, 0]
+    ok = np.abs(det) > 1e-20
+    inv = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)
+    c = lambda a: jnp.asarray(a[:, None], v.dtype)  # noqa: E731
+    du = c(d2[:, 1] * inv) * e1 - c(d1[:, 1] * inv) * e2
+    dv = c(d1[:, 0] * inv) * e2 - c(d2[:, 0] * inv) * e1
+    return du, dv, n
+
+
+def tangent_frames(model: HeadModel, samples: UVSamples, vertices: Float[Array, "V 3"]) -> Float[Array, "N 3 3"]:
+    """Orthonormal surface frame at each sample, as matrix columns (t, b, n).
+
+    n is the face normal (outward for CCW faces); t is the surface direction of increasing u
+    (dP/du) made orthogonal to n; b = n × t. jit-able and differentiable w.r.t. `vertices`, so it
+    gives the rotations of surface-attached Gaussians on any posed mesh.
+    """
+    du, _, n = uv_jacobian(model, samples, vertices)
+    v = jnp.asarray(vertices)
+    tri = v[jnp.asarray(model.faces)[jnp.asarray(samples.face)]]
+    t = du - jnp.sum(du * n, -1, keepdims=True) * n
+    t_norm = jnp.linalg.norm(t, axis=-1, keepdims=True)
+    # Degenerate UV (dP/du parallel to n or zero) falls back to the first edge.
+    e1 = tri[:, 1] - tri[:, 0]
+    fallback = e1 - jnp.sum(e1 * n, -1, keepdims=True) * n
+    t = jnp.where(t_norm > 1e-12, t, fallback)
+    t = t / jnp.maximum(jnp.linalg.norm(t, axis=-1, keepdims=True), 1e-20)
+    b = jnp.cross(n, t)
+    return jnp.stack([t, b, n], axis=-1)
+
 
 def sampling_grid(model: HeadModel, resolution: int, dense_regions: dict[str, int] | None = None) -> UVSamples:
     """One sample per valid texel, plus `f*f - 1` extra sub-texel samples per valid texel of each

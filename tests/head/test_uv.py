@@ -130,3 +130,27 @@ def test_bad_resolution_raises(procedural_head, bad):
 def test_bad_dense_factor_raises(procedural_head):
     with pytest.raises(ValueError, match="factor"):
         uv.sampling_grid(procedural_head, 64, {"scalp": 0})
+
+
+def test_tangent_frames_are_orthonormal_and_follow_the_surface(procedural_head):
+    from flexavatar_jax.head.mesh_ops import face_normals
+
+    m = procedural_head
+    s = uv.sampling_grid(m, 64)
+    frames = np.asarray(uv.tangent_frames(m, s, m.v_template), np.float64)
+    np.testing.assert_allclose(frames.transpose(0, 2, 1) @ frames, np.broadcast_to(np.eye(3), frames.shape), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.det(frames), 1.0, atol=1e-5)
+    fn = face_normals(np.asarray(m.v_template), np.asarray(m.faces))[s.face]
+    fn /= np.linalg.norm(fn, axis=1, keepdims=True)
+    np.testing.assert_allclose(frames[:, :, 2], fn, atol=1e-5)
+    # On the square model, t is the direction of increasing u exactly.
+    sq, a = _square_model()
+    fs = np.asarray(uv.tangent_frames(sq, uv.sampling_grid(sq, 8), sq.v_template))
+    np.testing.assert_allclose(fs[:, :, 0], np.broadcast_to(a[:, 0] / np.linalg.norm(a[:, 0]), (len(fs), 3)), atol=1e-6)
+
+
+def test_uv_jacobian_on_the_square_model():
+    sq, a = _square_model()
+    du, dv, n = uv.uv_jacobian(sq, uv.sampling_grid(sq, 8), sq.v_template)
+    np.testing.assert_allclose(np.asarray(du), np.broadcast_to(a[:, 0], du.shape), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(dv), np.broadcast_to(a[:, 1], dv.shape), atol=1e-6)
