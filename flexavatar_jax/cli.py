@@ -2,6 +2,8 @@
 
     flexavatar-jax preview-head --out DIR [--head procedural|PATH] [--uv_obj OBJ] [--seed N]
     flexavatar-jax head-info [--head ...]
+    flexavatar-jax make-dataset --config configs/synthetic_data.py:tiny --out DIR
+    flexavatar-jax preview-data --config configs/synthetic_data.py:tiny --out DIR
 
 Later issues add train | eval | refine | reconstruct | animate | export | make-dataset.
 """
@@ -14,6 +16,7 @@ import sys
 import time
 
 from absl import app, flags, logging
+from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "out/preview_head", "Output directory.")
@@ -23,8 +26,10 @@ flags.DEFINE_string("flame_masks", None, "Optional FLAME_masks.pkl for named reg
 flags.DEFINE_integer("seed", 0, "Random seed for previews.")
 flags.DEFINE_integer("size", 256, "Preview image size in pixels.")
 flags.DEFINE_integer("uv_resolution", 256, "UV resolution for head-info statistics.")
+flags.DEFINE_bool("overwrite", False, "Overwrite existing outputs.")
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/synthetic_data.py:tiny.")
 
-COMMANDS = ("preview-head", "head-info")
+COMMANDS = ("preview-head", "head-info", "make-dataset", "preview-data")
 
 
 def _load_head():
@@ -53,6 +58,12 @@ def head_info() -> dict:
     }
 
 
+def _require_config():
+    if FLAGS.config is None:
+        raise app.UsageError("this command needs --config, e.g. --config configs/synthetic_data.py:tiny")
+    return FLAGS.config
+
+
 def main(argv: list[str]) -> None:
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"usage: flexavatar-jax {{{'|'.join(COMMANDS)}}} [flags]; got {argv[1:]}")
@@ -71,6 +82,24 @@ def main(argv: list[str]) -> None:
         print("preview images: " + ", ".join(str(p) for p in paths))
     elif command == "head-info":
         print(json.dumps(head_info(), indent=2))
+    elif command in ("make-dataset", "preview-data"):
+        from flexavatar_jax.data.synthetic import SyntheticConfig, SyntheticWorld
+
+        cfg = _require_config()
+        out = pathlib.Path(FLAGS.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+        world = SyntheticWorld(SyntheticConfig(**cfg.synthetic.to_dict()))
+        if command == "make-dataset":
+            from flexavatar_jax.data.make_dataset import make_dataset
+
+            paths = make_dataset(world, out, cfg.num_identities, cfg.split, cfg.cameras_per_frame, cfg.frame_stride,
+                                 cfg.val_fraction, overwrite=FLAGS.overwrite)
+            print(f"wrote {len(paths)} identity sequences under {out}")
+        else:
+            from flexavatar_jax.preview import preview_data
+
+            print(f"wrote {preview_data(world, out)}")
 
 
 def run() -> None:

@@ -166,3 +166,29 @@ def preview_head(model: HeadModel, out_dir: str | pathlib.Path, seed: int = 0, s
     contact_sheet(imgs, 4, [c for c, _ in cases]).save(out / "expressions.png")
     paths.append(out / "expressions.png")
     return paths
+
+
+def preview_data(world, out_dir: str | pathlib.Path, num_identities: int = 16, size: int | None = None) -> pathlib.Path:
+    """Contact sheet: identities (rows) × (neutral front, extreme expression, side view, back view)."""
+    from flexavatar_jax.data import motion
+
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    size = size or world.config.image_size
+    target = motion.HEAD_CENTER
+    eyes = np.array([[0.0, 0.0, 0.62], [0.0, 0.0, 0.62], [0.62, 0.0, 0.0], [0.0, 0.0, -0.62]], np.float32) + target
+    views = np.asarray(camera.look_at(eyes, np.broadcast_to(target, eyes.shape)))
+    K = np.broadcast_to(np.asarray(camera.intrinsics_from_fov(30.0, size, size)), (4, 3, 3))
+    e, jaw, eyes_pose = motion.anchor_vector("wide_open_bared_teeth", world.expression_names)
+    images, labels = [], []
+    for i in range(num_identities):
+        ident = world.identity(i)
+        neutral = world.model.zero_params().replace(shape=jnp.asarray(ident.shape))
+        extreme = neutral.replace(expression=jnp.asarray(e), jaw_pose=jnp.asarray(jaw))
+        rgb_n = np.asarray(world.render(ident, neutral, views, K)[0])
+        rgb_x = np.asarray(world.render(ident, extreme, views[:1], K[:1])[0])
+        images += [rgb_n[0], rgb_x[0], rgb_n[2], rgb_n[3]]
+        labels += [f"id {i} {ident.hair_style}", "extreme", "side", "back"]
+    path = out / "identities.png"
+    contact_sheet(images, 4, labels).save(path)
+    return path
