@@ -272,9 +272,9 @@ def _sphere_faces(n_lat, n_lon):
     return np.concatenate([np.asarray(front), body, np.asarray(back)]), idx
 
 
-def _disc_uv(theta, alpha, center, radius, n_lat, n_lon, theta_max=np.pi):
+def _disc_uv(theta, alpha, center, radius, n_lat, n_lon):
     """Azimuthal-equidistant chart of a sphere grid: the front pole at the chart centre."""
-    rho = radius * theta / theta_max
+    rho = radius * theta / np.pi
     uv = [center]
     for t in rho:
         uv += list(center + t * np.stack([np.cos(alpha), np.sin(alpha)], -1))
@@ -282,29 +282,29 @@ def _disc_uv(theta, alpha, center, radius, n_lat, n_lon, theta_max=np.pi):
     return np.concatenate([np.asarray(uv), back])
 
 
-def build_left_eye():
-    n_lat, n_lon = 14, 24
+def _sphere_with_disc_chart(n_lat, n_lon, center, radius):
+    """Unit sphere grid (front pole at +z) with an azimuthal disc UV chart around `center`; the
+    back pole gets one UV vertex per azimuth on the chart rim (its triangles are the last n_lon
+    faces, in azimuth order)."""
     unit, theta, alpha = _sphere_grid(n_lat, n_lon)
-    faces, idx = _sphere_faces(n_lat, n_lon)
-    verts = EYE_CENTER + EYE_RADIUS * unit
-    center = np.array([0.70, 0.135])
-    uv = _disc_uv(theta, alpha, center, 0.07, n_lat, n_lon)
+    faces, _ = _sphere_faces(n_lat, n_lon)
+    uv = _disc_uv(theta, alpha, np.asarray(center), radius, n_lat, n_lon)
     faces_uv = faces.copy()
     last = 1 + n_lat * n_lon
-    back_faces = faces[:, 0] == last
-    # Back-pole triangles use a per-azimuth UV vertex on the chart rim.
-    cols = (np.nonzero(back_faces)[0] - (len(faces) - n_lon))
-    faces_uv[back_faces, 0] = last + cols
-    uv = np.concatenate([uv[:last], uv[last:last + n_lon]])
+    faces_uv[len(faces) - n_lon:, 0] = last + np.arange(n_lon)
+    return unit, faces, uv, faces_uv
+
+
+def build_left_eye():
+    unit, faces, uv, faces_uv = _sphere_with_disc_chart(14, 24, (0.70, 0.135), 0.07)
+    verts = EYE_CENTER + EYE_RADIUS * unit
     regions = np.full(len(verts), _bit("left_eye"))
     return verts, faces, uv, faces_uv, regions
 
 
 def build_left_ear(skin_vertices):
     """A thin cupped shell standing out of the side of the head."""
-    n_lat, n_lon = 10, 20
-    unit, theta, alpha = _sphere_grid(n_lat, n_lon)
-    faces, _ = _sphere_faces(n_lat, n_lon)
+    unit, faces, uv, faces_uv = _sphere_with_disc_chart(10, 20, (0.89, 0.135), 0.085)
     # Local frame: +z of the unit sphere points out of the head (+x world).
     half_h, half_w, thick = 0.031, 0.018, 0.0045
     local = unit * np.array([half_w, half_h, thick])
@@ -320,14 +320,6 @@ def build_left_ear(skin_vertices):
     side = skin_vertices[(np.abs(skin_vertices[:, 1] - ear_y) < 0.006) & (np.abs(skin_vertices[:, 2] - ear_z) < 0.008)]
     x_side = side[:, 0].max() if len(side) else 0.075
     verts = (local @ rot.T) @ rt.T + np.array([x_side + 0.005, ear_y, ear_z])
-    center = np.array([0.89, 0.135])
-    uv = _disc_uv(theta, alpha, center, 0.085, n_lat, n_lon)
-    faces_uv = faces.copy()
-    last = 1 + n_lat * n_lon
-    back_faces = faces[:, 0] == last
-    cols = (np.nonzero(back_faces)[0] - (len(faces) - n_lon))
-    faces_uv[back_faces, 0] = last + cols
-    uv = np.concatenate([uv[:last], uv[last:last + n_lon]])
     regions = np.full(len(verts), _bit("ears"))
     return verts, faces, uv, faces_uv, regions
 
