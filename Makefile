@@ -21,6 +21,7 @@ $(VENV)/.installed: setup.py
 
 demo: venv
 	$(VENV)/bin/flexavatar-jax preview-head --out $(OUT)/preview_head
+	$(VENV)/bin/flexavatar-jax preview-data --config configs/synthetic_data.py:tiny --out $(OUT)/preview_data
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS) tests
