@@ -67,12 +67,14 @@ class LBSOutput:
     """`vertices [V,3]` posed; `joints [J,3]` posed; `vertex_transforms [V,4,4]` the blended
     rest->posed transform of each vertex (its 3x3 block rotates Gaussians attached there, it is a
     rotation only where the weights are one-hot); `shaped [V,3]` in the rest pose (blendshapes, no
-    pose correctives); `joint_transforms [J,4,4]` relative (rest->posed) per joint."""
+    pose correctives); `corrected [V,3]` in the rest pose with pose correctives (what the vertex
+    transforms are applied to); `joint_transforms [J,4,4]` relative (rest->posed) per joint."""
 
     vertices: Float[Array, "V 3"]
     joints: Float[Array, "J 3"]
     vertex_transforms: Float[Array, "V 4 4"]
     shaped: Float[Array, "V 3"]
+    corrected: Float[Array, "V 3"]
     joint_transforms: Float[Array, "J 4 4"]
 
 
@@ -107,5 +109,6 @@ def lbs(model: HeadModel, params: HeadParams) -> LBSOutput:
         joints=joints_posed + params.translation,
         vertex_transforms=vertex_transforms,
         shaped=shaped,
+        corrected=posed_rest,
         joint_transforms=relative,
     )

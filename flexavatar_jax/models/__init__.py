@@ -1,1 +1,1 @@
-"""(placeholder package; filled by later issues)."""
+"""Flax Linen models (filled by the model issue) and Gaussian assembly from UV maps (`gaussians`)."""
