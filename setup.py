@@ -1,6 +1,81 @@
-"""flexavatar-jax: animatable 3D Gaussian head avatars from 1-4 uncalibrated photos, in JAX."""
+"""flexavatar-jax: animatable 3D Gaussian head avatars from 1-4 uncalibrated photos, in JAX.
 
-from setuptools import find_packages, setup
+Installing also compiles the CUDA splatting kernels (kernels/splat) into
+`flexavatar_jax/render/_splat_cuda.so` when nvcc is found (normal and editable installs alike).
+Environment: FLEXAVATAR_BUILD_CUDA=0 skips it, FLEXAVATAR_CUDA_ARCH picks the architectures
+(default sm_90, comma list allowed), NVCC / CUDA_HOME locate the compiler. A failed or skipped
+build only warns: the package then runs on the pure-JAX renderer, and
+`python -m flexavatar_jax.render.cuda_backend build` builds the library later.
+"""
+
+import importlib.util
+import os
+import sys
+import warnings
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_SPLAT_EXTENSION = "flexavatar_jax.render._splat_cuda"
+
+
+def _kernel_build_module():
+    """kernels/build.py, loaded by path: the one implementation of the kernel build."""
+    spec = importlib.util.spec_from_file_location("flexavatar_kernels_build", os.path.join(_HERE, "kernels", "build.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _warn(message: str) -> None:
+    # Printed for `pip -v` and plain `setup.py` runs; warnings.warn is what a quiet pip (>= 25)
+    # still forwards to the user from the build backend.
+    warnings.warn(f"flexavatar-jax: {message}\nOnly the pure-JAX renderer is available; build the CUDA one later "
+                  "with `python -m flexavatar_jax.render.cuda_backend build`.", stacklevel=2)
+    bar = "!" * 100
+    print(f"\n{bar}\nWARNING (flexavatar-jax): {message}\n"
+          "The package works without it (pure-JAX renderer); build the CUDA backend later with\n"
+          "    python -m flexavatar_jax.render.cuda_backend build [--arch sm_90]\n"
+          f"{bar}\n", file=sys.stderr, flush=True)
+
+
+class _SplatLibrary(Extension):
+    """The CUDA splatting library: a plain shared library loaded with ctypes, not a Python module."""
+
+    def __init__(self):
+        super().__init__(_SPLAT_EXTENSION, sources=[], optional=True)
+
+
+class _BuildExt(build_ext):
+    """Builds `_SplatLibrary` with kernels/build.py (nvcc); never fails the install."""
+
+    def get_ext_filename(self, fullname):
+        # `_splat_cuda.so` (no Python ABI tag), the name cuda_backend.py looks for. distutils asks
+        # both with the dotted name and with its last component alone.
+        if fullname in (_SPLAT_EXTENSION, _SPLAT_EXTENSION.rpartition(".")[2]):
+            return os.path.join(*fullname.split(".")) + ".so"
+        return super().get_ext_filename(fullname)
+
+    def build_extension(self, ext):
+        if not isinstance(ext, _SplatLibrary):
+            return super().build_extension(ext)
+        if os.environ.get("FLEXAVATAR_BUILD_CUDA", "1").strip().lower() in ("0", "false", "no", "off"):
+            print("flexavatar-jax: FLEXAVATAR_BUILD_CUDA=0, not building the CUDA splatting library", file=sys.stderr)
+            return None
+        try:
+            kernels = _kernel_build_module()
+            if kernels.find_nvcc() is None:  # the normal case on CPU-only machines: no loud warning
+                print("flexavatar-jax: nvcc not found (set NVCC or CUDA_HOME), not building the CUDA splatting "
+                      "library", file=sys.stderr)
+                return None
+            out = self.get_ext_fullpath(ext.name)
+            print(f"flexavatar-jax: compiling the CUDA splatting library -> {out}", file=sys.stderr, flush=True)
+            kernels.build_cuda(out, verbose=True)
+        except Exception as err:  # noqa: BLE001 - any failure must leave a working pure-JAX install
+            _warn(f"building the CUDA splatting library failed:\n{err}")
+        return None
+
 
 setup(
     name="flexavatar-jax",
@@ -31,4 +106,6 @@ setup(
         "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "beartype>=0.19,<0.24", "scipy>=1.13,<2"],
     },
     entry_points={"console_scripts": ["flexavatar-jax=flexavatar_jax.cli:run"]},
+    ext_modules=[_SplatLibrary()],
+    cmdclass={"build_ext": _BuildExt},
 )

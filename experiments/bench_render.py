@@ -17,6 +17,20 @@ skipped for a scene when its predicted fwd+bwd time (scaled from the previous de
 pixels × Gaussians) exceeds `--dense_budget_s`; the JSON then says so.
 
     python experiments/bench_render.py --backend jax --out out/bench_render.json --repeats 3
+
+GPU suite (`--backend cuda`, or `--suite gpu`): the CUDA backend against the pure-JAX backend on
+the same GPU, and gsplat's CUDA rasterizer when torch + gsplat happen to be importable (imported
+only inside that child process; `--gsplat never` skips it). Scenes (Gaussians, image, cameras):
+80K at 512², 262K at 512², 1M at 1920×1080, 80K at 512² × 8 cameras. Per (scene, implementation),
+in a fresh process: compile time, forward and forward+backward wall time (min/median over
+`--repeats` after a warm-up), peak GPU memory (JAX: `peak_bytes_in_use` of the device allocator,
+run with XLA_PYTHON_CLIENT_PREALLOCATE=false; torch: `max_memory_allocated`), intersection counts,
+and for the CUDA backend the max |image difference| to the JAX backend (`--check_max_gaussians`).
+
+    python experiments/bench_render.py --backend cuda --out out/bench_render_gpu.json --repeats 10
+
+(`--scenes` and `--impls cuda,jax` split the suite into shorter runs, e.g. the pure-JAX backend
+at 1M Gaussians / 1080p on its own.)
 """
 
 from __future__ import annotations
@@ -36,6 +50,12 @@ SCENES = {  # name: (num_gaussians, image size)
     "80k_256": (80_000, 256),
     "80k_512": (80_000, 512),
 }
+GPU_SCENES = {  # name: (num_gaussians, width, height, cameras)
+    "80k_512": (80_000, 512, 512, 1),
+    "262k_512": (262_144, 512, 512, 1),
+    "1m_1080p": (1_000_000, 1920, 1080, 1),
+    "80k_512_x8": (80_000, 512, 512, 8),
+}
 HEAD_SEMI_AXES = (0.08, 0.11, 0.095)  # metres: half width, half height, half depth
 CAMERA_DISTANCE = 0.6
 FRAME_HALF_HEIGHT = 0.12  # metres visible above/below the head centre at the camera distance
@@ -45,8 +65,9 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def head_scene(num_gaussians: int, size: int, seed: int = 0):
-    """(means, quats, scales, opacities, colors, viewmats, Ks) as float32 numpy arrays."""
+def head_scene(num_gaussians: int, size: int, seed: int = 0, height: int | None = None, num_views: int = 1):
+    """(means, quats, scales, opacities, colors, viewmats, Ks) as float32 numpy arrays; the image
+    is size × (height or size); several cameras orbit the head at the same distance."""
     import numpy as np
 
     from flexavatar_jax.render import camera
@@ -62,10 +83,13 @@ def head_scene(num_gaussians: int, size: int, seed: int = 0):
     quats = rng.normal(size=(num_gaussians, 4))
     opacities = rng.uniform(0.3, 1.0, num_gaussians)
     colors = rng.uniform(0.0, 1.0, (num_gaussians, 3))
-    viewmats = camera.look_at(np.array([[0.0, 0.0, CAMERA_DISTANCE]], np.float32), np.zeros((1, 3), np.float32))
+    if num_views == 1:
+        viewmats = camera.look_at(np.array([[0.0, 0.0, CAMERA_DISTANCE]], np.float32), np.zeros((1, 3), np.float32))
+    else:
+        viewmats = camera.orbit(num_views, CAMERA_DISTANCE, elevation_deg=10.0)
     fov = 2.0 * np.degrees(np.arctan(FRAME_HALF_HEIGHT / CAMERA_DISTANCE))
-    Ks = camera.intrinsics_from_fov(fov, size, size)[None]
-    f32 = lambda x: np.asarray(x, np.float32)  # noqa: E731
+    Ks = np.broadcast_to(np.asarray(camera.intrinsics_from_fov(fov, size, height or size)), (num_views, 3, 3))
+    f32 = lambda x: np.ascontiguousarray(x, np.float32)  # noqa: E731
     return tuple(f32(x) for x in (means, quats, scales, opacities, colors, viewmats, Ks))
 
 
@@ -176,6 +200,181 @@ def run_child(scene_name: str, impl: str, backend: str, repeats: int, warmup: bo
     return result
 
 
+def _gpu_peak_bytes() -> int | None:
+    import jax
+
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def run_gpu_child(scene_name: str, impl: str, repeats: int, check_max_gaussians: int) -> dict:
+    """Measure one (scene, implementation) pair of the GPU suite in this process."""
+    num_gaussians, width, height, num_views = GPU_SCENES[scene_name]
+    if impl == "gsplat":
+        os.environ["JAX_PLATFORMS"] = "cpu"  # the scene is built with jax ops: keep JAX off the GPU here
+    scene = head_scene(num_gaussians, width, height=height, num_views=num_views)
+    result = {"scene": scene_name, "impl": impl, "num_gaussians": num_gaussians, "width": width, "height": height,
+              "cameras": num_views}
+    if impl == "gsplat":
+        result.update(_gsplat_measure(scene, width, height, repeats))
+        return result
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from flexavatar_jax.render.rasterize import rasterize, rasterize_with_diagnostics
+
+    result["device"] = jax.devices()[0].device_kind
+    arrays = tuple(jnp.asarray(x) for x in scene)
+    render = lambda *a: rasterize(*a, width, height, backend=impl)  # noqa: E731
+    result["bytes_in_use_inputs"] = (jax.local_devices()[0].memory_stats() or {}).get("bytes_in_use")
+
+    def loss(means, quats, scales, opacities, colors, viewmats, Ks):
+        images, alphas = render(means, quats, scales, opacities, colors, viewmats, Ks)
+        return jnp.sum(images * images) + jnp.sum(alphas)
+
+    forward = jax.jit(render)
+    start = time.perf_counter()
+    forward = forward.lower(*arrays).compile()
+    result["compile_fwd_s"] = time.perf_counter() - start
+    jax.block_until_ready(forward(*arrays))
+    result["fwd"] = _time(forward, arrays, repeats)
+    result["peak_gpu_fwd_mb"] = (_gpu_peak_bytes() or 0) / 2**20
+
+    train_step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4)))
+    start = time.perf_counter()
+    train_step = train_step.lower(*arrays).compile()
+    result["compile_fwd_bwd_s"] = time.perf_counter() - start
+    jax.block_until_ready(train_step(*arrays))
+    result["fwd_bwd"] = _time(train_step, arrays, repeats)
+    result["peak_gpu_fwd_bwd_mb"] = (_gpu_peak_bytes() or 0) / 2**20
+
+    _, _, diag = rasterize_with_diagnostics(*arrays, width, height, backend=impl)
+    counts = np.asarray(diag.tile_counts)
+    result.update(intersections=int(counts.sum()), max_gaussians_in_a_tile=int(counts.max()),
+                  overflow=int(np.sum(diag.overflow)), visible_gaussians=int(np.sum(diag.valid)))
+    if impl == "cuda" and num_gaussians <= check_max_gaussians:
+        mine = forward(*arrays)
+        reference = jax.jit(lambda *a: rasterize(*a, width, height, backend="jax"))(*arrays)
+        result["max_abs_diff_vs_jax_images"] = float(jnp.max(jnp.abs(mine[0] - reference[0])))
+        result["max_abs_diff_vs_jax_alphas"] = float(jnp.max(jnp.abs(mine[1] - reference[1])))
+    return result
+
+
+def _gsplat_measure(scene, width: int, height: int, repeats: int) -> dict:
+    """gsplat's `rasterization` (classic mode) on the same scene; torch is imported only here."""
+    import torch  # noqa: PLC0415 - optional, benchmark-only dependency
+    from gsplat import rasterization  # noqa: PLC0415
+
+    device = torch.device("cuda")
+    means, quats, scales, opacities, colors, viewmats, Ks = (torch.as_tensor(x, device=device) for x in scene)
+    params = [means, quats, scales, opacities, colors]
+
+    def render():
+        return rasterization(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+                             rasterize_mode="classic")
+
+    def timed(fn):
+        times = []
+        for _ in range(repeats):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        return {"min_s": min(times), "median_s": statistics.median(times), "runs": len(times)}
+
+    def forward():
+        with torch.no_grad():
+            render()
+
+    def forward_backward():
+        for p in params:
+            p.grad = None
+        images, alphas, _ = render()
+        ((images * images).sum() + alphas.sum()).backward()
+
+    import gsplat  # noqa: PLC0415
+
+    result = {"gsplat_version": getattr(gsplat, "__version__", "?"), "device": torch.cuda.get_device_name()}
+    forward()
+    torch.cuda.reset_peak_memory_stats()
+    result["fwd"] = timed(forward)
+    result["peak_gpu_fwd_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    for p in params:
+        p.requires_grad_(True)
+    forward_backward()
+    torch.cuda.reset_peak_memory_stats()
+    result["fwd_bwd"] = timed(forward_backward)
+    result["peak_gpu_fwd_bwd_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def _gsplat_importable() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None and importlib.util.find_spec("gsplat") is not None
+
+
+def main_gpu(args) -> int:
+    """The GPU suite: CUDA backend vs JAX backend (vs gsplat) per scene, one process each."""
+    import platform
+
+    impls = [impl for impl in args.impls.split(",") if impl in ("cuda", "jax")]
+    gsplat_note = None
+    if args.gsplat == "always" or (args.gsplat == "auto" and _gsplat_importable()):
+        impls.append("gsplat")
+    elif args.gsplat == "auto":
+        gsplat_note = "torch/gsplat not importable: gsplat column skipped"
+    report = {
+        "what": "rasterize on one GPU: CUDA backend vs pure-JAX backend (vs gsplat); seconds after compilation",
+        "backend": args.backend,
+        "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
+        "gsplat": "measured" if "gsplat" in impls else (gsplat_note or "skipped (--gsplat never)"),
+        "scenes": [],
+    }
+    names = args.scenes.split(",") if args.scenes else list(GPU_SCENES)
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    for name in names:
+        num_gaussians, width, height, num_views = GPU_SCENES[name]
+        entry = {"scene": name, "num_gaussians": num_gaussians, "width": width, "height": height, "cameras": num_views}
+        for impl in impls:
+            cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--impl", impl, "--suite", "gpu",
+                   "--repeats", str(args.repeats), "--check_max_gaussians", str(args.check_max_gaussians)]
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.child_timeout_s)
+                if proc.returncode == 0:
+                    entry[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
+                else:
+                    lines = proc.stderr.strip().splitlines() or ["(no output)"]
+                    entry[impl] = {"error": ([line for line in lines if "Error" in line] or lines)[-1]}
+            except subprocess.TimeoutExpired:
+                entry[impl] = {"error": f"timed out after {args.child_timeout_s} s"}
+            print(f"[bench_render] {name} {impl}: fwd {entry[impl].get('fwd', {}).get('min_s')}, "
+                  f"fwd+bwd {entry[impl].get('fwd_bwd', {}).get('min_s')}", file=sys.stderr, flush=True)
+        for other in (impl for impl in impls if impl != "cuda"):
+            if "fwd" in entry.get("cuda", {}) and "fwd" in entry[other]:
+                entry[f"cuda_speedup_fwd_vs_{other}"] = entry[other]["fwd"]["min_s"] / entry["cuda"]["fwd"]["min_s"]
+                entry[f"cuda_speedup_fwd_bwd_vs_{other}"] = (
+                    entry[other]["fwd_bwd"]["min_s"] / entry["cuda"]["fwd_bwd"]["min_s"])
+        report["scenes"].append(entry)
+    r = lambda x: None if x is None else round(x, 5)  # noqa: E731
+    report["table"] = [
+        {"scene": e["scene"], **{f"{impl}_{k}": r(e[impl].get(k, {}).get("min_s") if k in ("fwd", "fwd_bwd")
+                                                else e[impl].get(k))
+                                 for impl in impls for k in ("fwd", "fwd_bwd", "peak_gpu_fwd_bwd_mb")}}
+        for e in report["scenes"]
+    ]
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    return 0
+
+
 def _table_row(entry: dict) -> dict:
     """One flat row per scene, seconds rounded for reading."""
     tiled, dense = entry["tiled"], entry["dense"]
@@ -215,10 +414,30 @@ def main(argv=None) -> int:
     parser.add_argument("--dense", default="auto", choices=("auto", "always", "never"))
     parser.add_argument("--dense_budget_s", type=float, default=900.0,
                         help="auto: skip the dense run when its predicted fwd+bwd time exceeds this")
+    parser.add_argument("--suite", default=None, choices=("cpu", "gpu"),
+                        help="cpu: tiled vs dense on SCENES (default for --backend jax/auto); "
+                             "gpu: CUDA vs JAX backend on GPU_SCENES (default for --backend cuda)")
+    parser.add_argument("--gsplat", default="auto", choices=("auto", "always", "never"),
+                        help="gpu suite: also time gsplat when torch + gsplat are importable")
+    parser.add_argument("--impls", default="cuda,jax",
+                        help="gpu suite: which of cuda,jax to run (gsplat is controlled by --gsplat)")
+    parser.add_argument("--check_max_gaussians", type=int, default=300_000,
+                        help="gpu suite: compare CUDA and JAX images for scenes up to this many Gaussians")
+    parser.add_argument("--child_timeout_s", type=float, default=1800.0, help="gpu suite: per-process time limit")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--impl", default="tiled", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    suite = args.suite or ("gpu" if args.backend == "cuda" else "cpu")
+    if args.out == parser.get_default("out") and suite == "gpu":
+        args.out = "out/bench_render_gpu.json"
 
+    if args.child and suite == "gpu":
+        print(json.dumps(run_gpu_child(args.child, args.impl, args.repeats, args.check_max_gaussians)))
+        return 0
+    if suite == "gpu":
+        if args.scenes == parser.get_default("scenes"):
+            args.scenes = ",".join(GPU_SCENES)
+        return main_gpu(args)
     if args.child:
         print(json.dumps(run_child(args.child, args.impl, args.backend, args.repeats, warmup=args.impl == "tiled")))
         return 0

@@ -132,11 +132,6 @@ def _validate(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds
         raise ValueError(f"rasterize: unknown render_mode {render_mode!r}; expected one of {RENDER_MODES}")
     if backend not in BACKENDS:
         raise ValueError(f"rasterize: unknown backend {backend!r}; expected one of {BACKENDS}")
-    if backend == "cuda":
-        raise NotImplementedError(
-            "rasterize: the CUDA backend is not available yet (it is added by a later issue); "
-            "use backend='jax' or 'auto'"
-        )
     _check_positive_int("width", width)
     _check_positive_int("height", height)
     _check_positive_int("tile_size", tile_size)
@@ -621,7 +616,17 @@ def rasterize_with_diagnostics(
         max_intersections = _default_max_intersections(num_views, num_gaussians)
     if max_gaussians_per_tile is None:
         max_gaussians_per_tile = num_gaussians  # no cap: a tile can hold every Gaussian
-    images, alphas, diagnostics = _rasterize_jax(
+    render = _rasterize_jax
+    if backend != "jax":
+        # Imported lazily: the pure-JAX path never touches ctypes/FFI. Raises for an unusable
+        # backend="cuda"; "auto" falls back to JAX (see cuda_backend.resolve_backend).
+        from flexavatar_jax.render import cuda_backend
+
+        dtypes = [x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+                  for x in (means, quats, scales, opacities, colors, viewmats, Ks)]
+        if cuda_backend.resolve_backend(backend, tile_size=tile_size, dtypes=dtypes) == "cuda":
+            render = cuda_backend.rasterize_cuda
+    images, alphas, diagnostics = render(
         means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, near_plane, far_plane, eps2d,
         width=int(width), height=int(height), tile_size=int(tile_size), render_mode=render_mode,
         capacity=int(max_gaussians_per_tile), max_intersections=int(max_intersections),
@@ -664,7 +669,10 @@ def rasterize(
       backgrounds: [V,C] colour behind the Gaussians (colour channels only), default black.
       tile_size: tile edge in pixels. render_mode: "RGB" (colours), "D" (expected depth, i.e.
         Σ zᵢαᵢTᵢ / alpha, 0 where alpha = 0 — gsplat's "ED"), or "RGB+D" (depth appended last).
-      backend: "auto" (= "jax") | "jax" | "cuda" (not available yet: raises NotImplementedError).
+      backend: "jax" (pure JAX), "cuda" (kernels/splat via XLA FFI, float32, tile_size 8 or 16;
+        raises CudaBackendUnavailableError, a NotImplementedError, with the reason when it cannot
+        run) or "auto" (CUDA when the default device is a GPU and the CUDA library is available,
+        else JAX). Both backends give the same images and gradients up to float32 rounding.
       max_gaussians_per_tile: optional per-tile cap (default None: no cap); a tile composites its
         nearest this-many Gaussians and the rest are reported as overflow.
       max_intersections: (Gaussian, tile) pair buffer, filled front to back (the farthest

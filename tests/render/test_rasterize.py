@@ -573,7 +573,7 @@ def test_bad_arguments_raise_value_error_naming_the_problem(name, kwargs):
         rasterize(**kwargs)
 
 
-def test_cuda_backend_is_not_available_yet():
+def test_cuda_backend_without_a_gpu_raises_with_the_reason():
     s = random_scene(16, *STANDARD)
     with pytest.raises(NotImplementedError, match="CUDA backend is not available"):
         call(rasterize, s, backend="cuda")
