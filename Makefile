@@ -21,7 +21,8 @@ $(VENV)/.installed: setup.py
 
 demo: venv
 	$(VENV)/bin/flexavatar-jax preview-head --out $(OUT)/preview_head
-	$(VENV)/bin/flexavatar-jax preview-data --config configs/synthetic_data.py:tiny --out $(OUT)/preview_data
+	$(VENV)/bin/flexavatar-jax preview-data --config configs/synthetic_data.py:tiny \
+	  --config.synthetic.image_size=128 --config.synthetic.uv_resolution=128 --out $(OUT)/preview_data
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS) tests

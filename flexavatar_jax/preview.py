@@ -168,13 +168,14 @@ def preview_head(model: HeadModel, out_dir: str | pathlib.Path, seed: int = 0, s
     return paths
 
 
-def preview_data(world, out_dir: str | pathlib.Path, num_identities: int = 16, size: int | None = None) -> pathlib.Path:
-    """Contact sheet: identities (rows) × (neutral front, extreme expression, side view, back view)."""
+def preview_data(world, out_dir: str | pathlib.Path, num_identities: int = 16) -> pathlib.Path:
+    """Contact sheet: identities (rows) × (neutral front, extreme expression, side view, back view),
+    rendered at the world's image size."""
     from flexavatar_jax.data import motion
 
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    size = size or world.config.image_size
+    size = world.config.image_size
     target = motion.HEAD_CENTER
     eyes = np.array([[0.0, 0.0, 0.62], [0.0, 0.0, 0.62], [0.62, 0.0, 0.0], [0.0, 0.0, -0.62]], np.float32) + target
     views = np.asarray(camera.look_at(eyes, np.broadcast_to(target, eyes.shape)))
