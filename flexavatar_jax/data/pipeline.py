@@ -29,6 +29,7 @@ import numpy as np
 from flexavatar_jax.data import balance, motion
 from flexavatar_jax.data.synthetic import SyntheticWorld, train_ids
 from flexavatar_jax.head import HeadParams
+from flexavatar_jax.render.camera import camera_center
 
 MAX_INPUTS = 4
 PARAM_FIELDS = ("shape", "expression", "global_pose", "neck_pose", "jaw_pose", "eyes_pose", "translation")
@@ -163,7 +164,7 @@ class VHAPFrames:
         rgb = seq.load_image(fr)
         alpha = seq.load_mask(fr)[..., None] if fr.mask_path is not None else np.ones((*rgb.shape[:2], 1), np.float32)
         params = seq.head_params(fr.timestep_index)
-        c = -fr.viewmat[:3, :3].T @ fr.viewmat[:3, 3]
+        c = np.asarray(camera_center(fr.viewmat))
         return View(image=rgb, alpha=alpha.astype(np.float32), viewmat=fr.viewmat.astype(np.float32),
                     K=fr.K.astype(np.float32), params=_params_dict(params),
                     azimuth_deg=float(np.rad2deg(np.arctan2(c[0], c[2]))))

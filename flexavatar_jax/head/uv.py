@@ -117,20 +117,24 @@ def uv_skinning_weights(model: HeadModel, resolution: int) -> Float[Array, "K K 
     return interpolate_vertex_attribute(texel_table(model, resolution), model.faces, model.lbs_weights)
 
 
-def relative_scale_map(model: HeadModel, vertices: Float[Array, "V 3"], resolution: int) -> Float[Array, "K K"]:
-    """Per texel, 3D triangle area / UV triangle area (UV in [0,1]² units) of its face; 0 outside.
-
-    `sqrt(ratio) / K` is the world-space edge length of one texel, the natural initial Gaussian
-    scale for texel-sampled Gaussians (FHAvatar multiplies its scale map by this ratio)."""
-    table = texel_table(model, resolution)
-    v = jnp.asarray(vertices)
-    tri = v[jnp.asarray(model.faces)]
+def face_area_ratio(model: HeadModel, vertices: Float[Array, "V 3"]) -> Float[Array, " F"]:
+    """Per face, 3D triangle area / UV triangle area (UV in [0,1]² units); differentiable in
+    `vertices`. Faces with degenerate UV use a 1e-20 floor for their UV area."""
+    tri = jnp.asarray(vertices)[jnp.asarray(model.faces)]
     area3d = 0.5 * jnp.linalg.norm(jnp.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=-1)
     uv = np.asarray(model.uv_coords, np.float64)[np.asarray(model.faces_uv)]
     e1, e2 = uv[:, 1] - uv[:, 0], uv[:, 2] - uv[:, 0]
     area_uv = 0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
-    ratio = area3d / jnp.asarray(np.maximum(area_uv, 1e-20), area3d.dtype)
-    per_texel = ratio[jnp.asarray(np.maximum(table.face, 0))]
+    return area3d / jnp.asarray(np.maximum(area_uv, 1e-20), area3d.dtype)
+
+
+def relative_scale_map(model: HeadModel, vertices: Float[Array, "V 3"], resolution: int) -> Float[Array, "K K"]:
+    """Per texel, `face_area_ratio` of its face; 0 outside.
+
+    `sqrt(ratio) / K` is the world-space edge length of one texel, the natural initial Gaussian
+    scale for texel-sampled Gaussians (FHAvatar multiplies its scale map by this ratio)."""
+    table = texel_table(model, resolution)
+    per_texel = face_area_ratio(model, vertices)[jnp.asarray(np.maximum(table.face, 0))]
     return jnp.where(jnp.asarray(table.valid), per_texel, 0.0)
 
 

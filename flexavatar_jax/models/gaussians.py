@@ -67,12 +67,8 @@ def gather_texels(layout: GaussianLayout, uv_map: Float[Array, "K K C"]) -> Floa
 
 def _texel_size(model: HeadModel, layout: GaussianLayout, rest_vertices) -> Float[Array, " N"]:
     """World edge length of one texel at each sample: sqrt(3D area / UV area of its face) / K."""
-    tri = rest_vertices[jnp.asarray(model.faces)[jnp.asarray(layout.samples.face)]]
-    area3d = 0.5 * jnp.linalg.norm(jnp.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=-1)
-    uv = np.asarray(model.uv_coords, np.float64)[np.asarray(model.faces_uv)[layout.samples.face]]
-    e1, e2 = uv[:, 1] - uv[:, 0], uv[:, 2] - uv[:, 0]
-    area_uv = np.maximum(0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]), 1e-20)
-    return jnp.sqrt(area3d / jnp.asarray(area_uv, area3d.dtype)) / layout.resolution
+    ratio = uvt.face_area_ratio(model, rest_vertices)[jnp.asarray(layout.samples.face)]
+    return jnp.sqrt(ratio) / layout.resolution
 
 
 def blend_rotations(weights: Float[Array, "N J"], joint_rotations: Float[Array, "J 3 3"]) -> Float[Array, "N 4"]:
