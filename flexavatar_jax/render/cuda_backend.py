@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flexavatar_jax.render.rasterize import _DEPTH_ALPHA_FLOOR, RasterDiagnostics
+from flexavatar_jax.render.rasterize import RasterDiagnostics, _finish_images, _prepare_inputs
 
 LIBRARY_ENV = "FLEXAVATAR_SPLAT_LIB"
 LIBRARY_NAME = "_splat_cuda.so"
@@ -327,13 +327,9 @@ def rasterize_cuda(means, quats, scales, opacities, colors, viewmats, Ks, backgr
     are the resolved ints. The FFI targets must be registered for the platform this runs on.
     """
     f32 = jnp.float32
-    means, quats, scales, opacities, colors, viewmats, Ks = (
-        jnp.asarray(x, f32) for x in (means, quats, scales, opacities, colors, viewmats, Ks)
-    )
     requested_gaussians = means.shape[0]
-    if requested_gaussians == 0:  # an empty scene renders the background: use one culled stand-in
-        means, quats, scales, colors = (jnp.zeros((1, x.shape[1]), f32) for x in (means, quats, scales, colors))
-        opacities = jnp.zeros((1,), f32)
+    means, quats, scales, opacities, colors, viewmats, Ks = _prepare_inputs(
+        means, quats, scales, opacities, colors, viewmats, Ks, f32)
     render_colors = render_mode in ("RGB", "RGB+D")
     with_depth = render_mode in ("D", "RGB+D")
     colors_finite = jnp.all(jnp.isfinite(colors), axis=-1)
@@ -350,19 +346,7 @@ def rasterize_cuda(means, quats, scales, opacities, colors, viewmats, Ks, backgr
         means2d, depths, conics, radii, valid, tiles_per_gaussian, opacities, colors, setup
     )
 
-    trans = trans[..., None]
-    alphas = 1.0 - trans
-    outputs = []
-    if render_colors:
-        rgb = features[..., : colors.shape[1]]
-        if backgrounds is not None:
-            backgrounds = jnp.asarray(backgrounds, f32)
-            backgrounds = jnp.where(jnp.isfinite(backgrounds), backgrounds, 0.0)
-            rgb = rgb + trans * backgrounds[:, None, None, :]
-        outputs.append(rgb)
-    if with_depth:
-        outputs.append(features[..., -1:] / jnp.maximum(alphas, _DEPTH_ALPHA_FLOOR))
-    images = jnp.concatenate(outputs, axis=-1)
+    images, alphas = _finish_images(features, trans[..., None], colors.shape[1], render_mode, backgrounds)
 
     keep = slice(0, requested_gaussians)
     diagnostics = RasterDiagnostics(

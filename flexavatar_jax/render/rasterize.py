@@ -479,6 +479,36 @@ def _default_max_intersections(num_views, num_gaussians):
     return num_views * max(DEFAULT_INTERSECTIONS_PER_GAUSSIAN * num_gaussians, _MIN_INTERSECTIONS)
 
 
+def _prepare_inputs(means, quats, scales, opacities, colors, viewmats, Ks, dtype):
+    """Casts the scene to `dtype`; an empty scene gets one culled stand-in Gaussian (zero opacity),
+    so it renders the background with static non-empty shapes. Shared by every backend."""
+    means, quats, scales, opacities, colors, viewmats, Ks = (
+        jnp.asarray(x, dtype) for x in (means, quats, scales, opacities, colors, viewmats, Ks)
+    )
+    if means.shape[0] == 0:
+        means, quats, scales, colors = (jnp.zeros((1, x.shape[1]), dtype) for x in (means, quats, scales, colors))
+        opacities = jnp.zeros((1,), dtype)
+    return means, quats, scales, opacities, colors, viewmats, Ks
+
+
+def _finish_images(acc, trans, num_colors, render_mode, backgrounds):
+    """Accumulated features [V,H,W,C(+1)] and final transmittance [V,H,W,1] -> (images, alphas):
+    background blend on the colour channels, expected depth for "D"/"RGB+D". Shared by backends."""
+    alphas = 1.0 - trans
+    outputs = []
+    if render_mode in ("RGB", "RGB+D"):
+        rgb = acc[..., :num_colors]
+        if backgrounds is not None:
+            backgrounds = jnp.asarray(backgrounds, acc.dtype)
+            backgrounds = jnp.where(jnp.isfinite(backgrounds), backgrounds, 0.0)  # as for Gaussians
+            rgb = rgb + trans * backgrounds[:, None, None, :]
+        outputs.append(rgb)
+    if render_mode in ("D", "RGB+D"):
+        # Expected depth (gsplat "ED"): accumulated depth / alpha; 0 where nothing was hit.
+        outputs.append(acc[..., -1:] / jnp.maximum(alphas, _DEPTH_ALPHA_FLOOR))
+    return jnp.concatenate(outputs, axis=-1), alphas
+
+
 @functools.partial(
     jax.jit,
     static_argnames=("width", "height", "tile_size", "render_mode", "capacity", "max_intersections"),
@@ -486,13 +516,9 @@ def _default_max_intersections(num_views, num_gaussians):
 def _rasterize_jax(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, near_plane,
                    far_plane, eps2d, *, width, height, tile_size, render_mode, capacity, max_intersections):
     dtype = jnp.result_type(means, quats, scales, opacities, colors, viewmats, Ks, jnp.float32)
-    means, quats, scales, opacities, colors, viewmats, Ks = (
-        jnp.asarray(x, dtype) for x in (means, quats, scales, opacities, colors, viewmats, Ks)
-    )
     requested_gaussians = means.shape[0]
-    if requested_gaussians == 0:  # an empty scene renders the background: use one culled stand-in
-        means, quats, scales, colors = (jnp.zeros((1, x.shape[1]), dtype) for x in (means, quats, scales, colors))
-        opacities = jnp.zeros((1,), dtype)
+    means, quats, scales, opacities, colors, viewmats, Ks = _prepare_inputs(
+        means, quats, scales, opacities, colors, viewmats, Ks, dtype)
     num_views, num_gaussians = viewmats.shape[0], means.shape[0]
     render_colors = render_mode in ("RGB", "RGB+D")
     colors_finite = jnp.all(jnp.isfinite(colors), axis=-1)
@@ -529,19 +555,7 @@ def _rasterize_jax(means, quats, scales, opacities, colors, viewmats, Ks, backgr
         return x[:, :height, :width]
 
     acc, trans, n_contrib = to_image(acc), to_image(trans)[..., None], to_image(n_contrib)
-    alphas = 1.0 - trans
-    outputs = []
-    if render_colors:
-        rgb = acc[..., : colors.shape[1]]
-        if backgrounds is not None:
-            backgrounds = jnp.asarray(backgrounds, dtype)
-            backgrounds = jnp.where(jnp.isfinite(backgrounds), backgrounds, 0.0)  # as for Gaussians
-            rgb = rgb + trans * backgrounds[:, None, None, :]
-        outputs.append(rgb)
-    if render_mode in ("D", "RGB+D"):
-        # Expected depth (gsplat "ED"): accumulated depth / alpha; 0 where nothing was hit.
-        outputs.append(acc[..., -1:] / jnp.maximum(alphas, _DEPTH_ALPHA_FLOOR))
-    images = jnp.concatenate(outputs, axis=-1)
+    images, alphas = _finish_images(acc, trans, colors.shape[1], render_mode, backgrounds)
 
     composited = binning.tile_composited.reshape(num_views, tiles_per_view)
     counts = binning.tile_counts.reshape(num_views, tiles_per_view)
