@@ -149,6 +149,29 @@ def _time(fn, args, repeats):
     return {"min_s": min(times), "median_s": statistics.median(times), "runs": len(times)}
 
 
+def _compile_and_time(render, arrays, repeats, warmup, result, memory_key, memory_mb):
+    """Compiles and times `render` (forward) and a value-and-grad step (forward+backward) on
+    `arrays`, recording compile times, timings and `memory_mb()` under `memory_key` ("fwd" /
+    "fwd_bwd" substituted) in `result`. Returns the compiled forward."""
+    import jax
+    import jax.numpy as jnp
+
+    def loss(means, quats, scales, opacities, colors, viewmats, Ks):
+        images, alphas = render(means, quats, scales, opacities, colors, viewmats, Ks)
+        return jnp.sum(images * images) + jnp.sum(alphas)
+
+    compiled = {}
+    for name, fn in (("fwd", render), ("fwd_bwd", jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4)))):
+        start = time.perf_counter()
+        compiled[name] = jax.jit(fn).lower(*arrays).compile()
+        result[f"compile_{name}_s"] = time.perf_counter() - start
+        if warmup:
+            jax.block_until_ready(compiled[name](*arrays))
+        result[name] = _time(compiled[name], arrays, repeats)
+        result[memory_key.format(name)] = memory_mb()
+    return compiled["fwd"]
+
+
 def run_child(scene_name: str, impl: str, backend: str, repeats: int, warmup: bool) -> dict:
     """Measure one (scene, implementation) pair in this process."""
     import jax
@@ -173,27 +196,7 @@ def run_child(scene_name: str, impl: str, backend: str, repeats: int, warmup: bo
         render = lambda *a: dense_rasterize(*a, size, size)  # noqa: E731
     result["baseline_rss_mb"] = _peak_rss_mb()
 
-    def loss(means, quats, scales, opacities, colors, viewmats, Ks):
-        images, alphas = render(means, quats, scales, opacities, colors, viewmats, Ks)
-        return jnp.sum(images * images) + jnp.sum(alphas)
-
-    forward = jax.jit(render)
-    start = time.perf_counter()
-    forward = forward.lower(*arrays).compile()
-    result["compile_fwd_s"] = time.perf_counter() - start
-    if warmup:
-        jax.block_until_ready(forward(*arrays))
-    result["fwd"] = _time(forward, arrays, repeats)
-    result["peak_rss_fwd_mb"] = _peak_rss_mb()
-
-    train_step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4)))
-    start = time.perf_counter()
-    train_step = train_step.lower(*arrays).compile()
-    result["compile_fwd_bwd_s"] = time.perf_counter() - start
-    if warmup:
-        jax.block_until_ready(train_step(*arrays))
-    result["fwd_bwd"] = _time(train_step, arrays, repeats)
-    result["peak_rss_fwd_bwd_mb"] = _peak_rss_mb()
+    forward = _compile_and_time(render, arrays, repeats, warmup, result, "peak_rss_{}_mb", _peak_rss_mb)
     if impl == "tiled" and size <= 128:  # cross-check against the dense splatter where it is cheap
         dense = jax.jit(lambda *a: dense_rasterize(*a, size, size))(*arrays)
         result["max_abs_diff_vs_dense"] = float(jnp.max(jnp.abs(forward(*arrays)[0] - dense[0])))
@@ -230,25 +233,8 @@ def run_gpu_child(scene_name: str, impl: str, repeats: int, check_max_gaussians:
     render = lambda *a: rasterize(*a, width, height, backend=impl)  # noqa: E731
     result["bytes_in_use_inputs"] = (jax.local_devices()[0].memory_stats() or {}).get("bytes_in_use")
 
-    def loss(means, quats, scales, opacities, colors, viewmats, Ks):
-        images, alphas = render(means, quats, scales, opacities, colors, viewmats, Ks)
-        return jnp.sum(images * images) + jnp.sum(alphas)
-
-    forward = jax.jit(render)
-    start = time.perf_counter()
-    forward = forward.lower(*arrays).compile()
-    result["compile_fwd_s"] = time.perf_counter() - start
-    jax.block_until_ready(forward(*arrays))
-    result["fwd"] = _time(forward, arrays, repeats)
-    result["peak_gpu_fwd_mb"] = (_gpu_peak_bytes() or 0) / 2**20
-
-    train_step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4)))
-    start = time.perf_counter()
-    train_step = train_step.lower(*arrays).compile()
-    result["compile_fwd_bwd_s"] = time.perf_counter() - start
-    jax.block_until_ready(train_step(*arrays))
-    result["fwd_bwd"] = _time(train_step, arrays, repeats)
-    result["peak_gpu_fwd_bwd_mb"] = (_gpu_peak_bytes() or 0) / 2**20
+    forward = _compile_and_time(render, arrays, repeats, True, result, "peak_gpu_{}_mb",
+                                lambda: (_gpu_peak_bytes() or 0) / 2**20)
 
     _, _, diag = rasterize_with_diagnostics(*arrays, width, height, backend=impl)
     counts = np.asarray(diag.tile_counts)
