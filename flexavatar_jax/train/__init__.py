@@ -1,1 +1,1 @@
-"""(placeholder package; filled by later issues)."""
+"""Training, evaluation and refinement: losses, metrics, sharded steps, checkpoints, loops."""

@@ -1,0 +1,57 @@
+"""What a lifter sees: the input views of one batch, padded to a fixed count.
+
+Every lifter (`head_queries.StructuredHeadQueries`, `dual_uv.DualUVLifter`,
+`symmetric.SymmetricUVLifter`) is a Linen module with the same call:
+
+    lifter(patch_tokens: [b, v, hp, wp, d], views: InputViews, train: bool) -> uv_tokens [b, G, G, d]
+
+`patch_tokens[:, i]` is the encoder's feature map of view i (token (r, c) covers pixels
+[r·p, (r+1)·p) × [c·p, (c+1)·p) with p = H / hp, its value sits at the patch centre). Views whose
+`mask` is False are padding and must not influence the output. The default lifter reads only
+`patch_tokens` and `mask` (FlexAvatar needs no camera); the projection lifters also read the
+cameras and the tracked head parameters, and raise a ValueError naming what is missing.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float
+
+from flexavatar_jax.head import HeadParams
+
+MAX_VIEWS = 4
+
+
+class InputViews(NamedTuple):
+    """`images [b,v,H,W,3]` in [0,1]; `mask [b,v]` True for real views (at least one per row);
+    optional `viewmats [b,v,4,4]` (OpenCV world->camera), `Ks [b,v,3,3]` (pixels) and the tracked
+    head parameters `params` (HeadParams with leading [b,v])."""
+
+    images: Float[Array, "b v h w 3"]
+    mask: Bool[Array, "b v"]
+    viewmats: Float[Array, "b v 4 4"] | None = None
+    Ks: Float[Array, "b v 3 3"] | None = None
+    params: HeadParams | None = None
+
+    @property
+    def num_views(self) -> int:
+        return self.images.shape[1]
+
+
+def pad_views(images: Float[Array, "v h w 3"], num_slots: int = MAX_VIEWS) -> tuple[Array, Array]:
+    """Pad 1..num_slots views to `num_slots` (zeros) and return (images [num_slots,...], mask)."""
+    v = images.shape[0]
+    if not 1 <= v <= num_slots:
+        raise ValueError(f"need 1 to {num_slots} input views, got {v}")
+    pad = jnp.zeros((num_slots - v, *images.shape[1:]), images.dtype)
+    return jnp.concatenate([images, pad]), jnp.arange(num_slots) < v
+
+
+def require(views: InputViews, lifter: str, *fields: str) -> None:
+    """ValueError naming the lifter and the missing annotations (cameras / tracked params)."""
+    missing = [f for f in fields if getattr(views, f) is None]
+    if missing:
+        raise ValueError(f"the {lifter!r} lifter needs input {', '.join(missing)} (it projects image features "
+                         f"through the cameras and the tracked head mesh); the default 'queries' lifter needs none")
