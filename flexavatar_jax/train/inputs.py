@@ -1,0 +1,95 @@
+"""From a config to data: the head model, the synthetic world (or VHAP folders), example sources
+and checkpointable loaders."""
+
+from __future__ import annotations
+
+import threading
+
+import ml_collections
+import numpy as np
+
+from flexavatar_jax.data import pipeline
+from flexavatar_jax.data.balance import BalanceConfig
+from flexavatar_jax.data.synthetic import SyntheticConfig, SyntheticWorld, heldout_ids
+from flexavatar_jax.head import HeadModel
+
+
+def load_head(path: str) -> HeadModel:
+    """'' or 'procedural' -> the built-in head; otherwise a FLAME .pkl or converted .npz."""
+    from flexavatar_jax.head import flame, procedural
+
+    if path in ("", "procedural"):
+        return procedural.load_procedural_head()
+    if path.endswith(".npz"):
+        return flame.load_npz(path)
+    return flame.load_flame(path)
+
+
+def make_world(config: ml_collections.ConfigDict, head: HeadModel | None = None) -> SyntheticWorld:
+    syn = SyntheticConfig(image_size=config.model.image_size, **config.data.synthetic.to_dict())
+    return SyntheticWorld(syn, head)
+
+
+def example_config(config: ml_collections.ConfigDict, needs_cameras: bool) -> pipeline.ExampleConfig:
+    d = config.data
+    return pipeline.ExampleConfig(min_inputs=d.min_inputs, max_inputs=d.max_inputs, num_targets=d.num_targets,
+                                  reconstruction_prob=d.reconstruction_prob, examples_per_identity=d.examples_per_identity,
+                                  input_annotations=needs_cameras, balance=BalanceConfig(**d.balance.to_dict()))
+
+
+def frame_source(config: ml_collections.ConfigDict, world: SyntheticWorld | None):
+    d = config.data
+    if d.source == "synthetic":
+        return pipeline.SyntheticFrames(world, num_identities=d.num_identities)
+    if d.source == "vhap":
+        folders = [f for f in d.vhap_folders.split(",") if f]
+        if not folders:
+            raise ValueError("data.source=vhap needs data.vhap_folders (comma-separated VHAP export folders)")
+        return pipeline.VHAPFrames(folders, config.model.image_size)
+    raise ValueError(f"data.source must be synthetic or vhap, got {d.source!r}")
+
+
+class MemoizedSource:
+    """Random-access source that keeps every example it has produced (examples are deterministic
+    in the index, so this changes speed, never content). For CPU runs whose dataset fits in memory:
+    after the first epoch no frame is rendered again."""
+
+    def __init__(self, source, max_items: int):
+        if len(source) > max_items:
+            raise ValueError(f"data.memoize_examples={max_items} cannot hold the {len(source)} examples of the source; "
+                             "raise it or set it to 0")
+        self.source = source
+        self._cache: dict[int, dict[str, np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        with self._lock:
+            hit = self._cache.get(index)
+        if hit is None:
+            hit = self.source[index]
+            with self._lock:
+                self._cache[index] = hit
+        return hit
+
+
+def train_source(config: ml_collections.ConfigDict, world: SyntheticWorld | None, needs_cameras: bool):
+    source = pipeline.ExampleSource(frame_source(config, world), example_config(config, needs_cameras), seed=config.seed)
+    if config.data.memoize_examples > 0:
+        source = MemoizedSource(source, config.data.memoize_examples)
+    return source
+
+
+def train_loader(config: ml_collections.ConfigDict, source, process_count: int, process_index: int):
+    global_batch = config.train.batch_size
+    if global_batch % process_count:
+        raise ValueError(f"train.batch_size={global_batch} is not divisible by the {process_count} processes")
+    return pipeline.make_loader(source, global_batch // process_count, seed=config.seed,
+                                worker_count=config.data.worker_count, process_index=process_index,
+                                process_count=process_count)
+
+
+def heldout(config: ml_collections.ConfigDict) -> np.ndarray:
+    return heldout_ids(config.data.num_heldout)

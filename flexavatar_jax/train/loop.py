@@ -1,0 +1,203 @@
+"""The training loop: sharded state, data, checkpoints, logs, image grids, evaluation hooks.
+
+`train(config, workdir)` is resumable by re-running the same command: it restores the newest
+readable checkpoint in `workdir/checkpoints` (model state, data-iterator position, config) and
+continues. Only process 0 writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from flexavatar_jax.data import media
+from flexavatar_jax.models.avatar import FlexAvatar, parameter_counts
+from flexavatar_jax.models.encoder import load_encoder_npz
+from flexavatar_jax.train import checkpoint as ckpt_lib
+from flexavatar_jax.train import inputs, sharding
+from flexavatar_jax.train import step as step_lib
+from flexavatar_jax.train.perceptual import perceptual_loss_fn
+
+
+def is_writer() -> bool:
+    return jax.process_index() == 0
+
+
+def _say(msg: str) -> None:
+    logging.info(msg)
+    if is_writer():
+        print(msg, flush=True)
+
+
+class MetricWriter:
+    """JSONL always; TensorBoard event files when tensorboardX is importable."""
+
+    def __init__(self, workdir: str):
+        self.enabled = is_writer()
+        self.tb = None
+        if not self.enabled:
+            return
+        self.file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        try:
+            from tensorboardX import SummaryWriter  # optional
+
+            self.tb = SummaryWriter(os.path.join(workdir, "tb"))
+        except ImportError:
+            logging.info("tensorboardX not installed: metrics go to metrics.jsonl only")
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+class Trainer:
+    """Everything a run needs, built from a config: system, mesh, shardings, jitted step."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, devices=None):
+        self.config = config
+        self.workdir = workdir
+        self.head = inputs.load_head(config.head)
+        self.system = FlexAvatar(config.model, self.head)
+        self.mesh = sharding.make_mesh(config.mesh, devices)
+        self.rules = sharding.rules_of(config)
+        if config.train.batch_size % sharding.batch_divisor(self.mesh):
+            raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by data×fsdp="
+                             f"{sharding.batch_divisor(self.mesh)}")
+        self.tx = step_lib.make_optimizer(config)
+        self.perceptual = perceptual_loss_fn(config.loss.perceptual_weights or None) \
+            if config.loss.perceptual.weight > 0 else None
+        self.key = jax.random.key(config.seed)
+        ema = config.train.ema_decay > 0
+        make = lambda k: step_lib.create_state(self.system, self.tx, k, ema)  # noqa: E731
+        with self.mesh, nn.logical_axis_rules(self.rules):
+            abstract = jax.eval_shape(make, self.key)
+            self.state_shardings = sharding.logical_shardings(abstract, self.mesh, self.rules)
+            self.abstract_state = nn.meta.unbox(abstract)
+        self._make_state = make
+        self.batch_sharding = sharding.batch_sharding(self.mesh)
+        self.train_step = jax.jit(step_lib.make_train_step(self.system, config, self.tx, self.perceptual),
+                                  in_shardings=(self.state_shardings, self.batch_sharding, sharding.replicated(self.mesh)),
+                                  out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
+                                  donate_argnums=0)
+        self._predict = jax.jit(lambda params, batch: _predict(self.system, params, batch))
+
+    def init_state(self) -> step_lib.TrainState:
+        with self.mesh, nn.logical_axis_rules(self.rules):
+            state = jax.jit(lambda k: nn.meta.unbox(self._make_state(k)), out_shardings=self.state_shardings)(self.key)
+        pretrained = self.config.model.encoder.pretrained
+        if pretrained:
+            enc = load_encoder_npz(pretrained, state.params["encoder"])
+            params = dict(state.params, encoder=jax.device_put(enc, self.state_shardings.params["encoder"]))
+            state = state.replace(params=params, ema_params=params if state.ema_params is not None else None,
+                                  opt_state=self.tx.init(params))
+            _say(f"loaded pretrained encoder weights from {pretrained}")
+        return state
+
+    def step(self, state, batch: dict[str, np.ndarray], step: int):
+        gb = sharding.global_batch(batch, self.mesh)
+        with self.mesh, nn.logical_axis_rules(self.rules):
+            return self.train_step(state, gb, jax.random.fold_in(self.key, step))
+
+    def predict(self, params, batch: dict[str, np.ndarray]):
+        with self.mesh, nn.logical_axis_rules(self.rules):
+            rgb, alpha = self._predict(params, {k: jnp.asarray(v) for k, v in batch.items()})
+        return np.asarray(rgb), np.asarray(alpha)
+
+
+def _predict(system: FlexAvatar, params: Any, batch: dict) -> tuple[jax.Array, jax.Array]:
+    out = step_lib.forward(system, params, batch, train=False)
+    return out["rgb"], out["alpha"]
+
+
+def image_grid(batch: dict[str, np.ndarray], rgb: np.ndarray, rows: int = 4) -> np.ndarray:
+    """Rows of (first input | prediction | target | |error|) per (example, target)."""
+    tiles = []
+    for b in range(min(rows, rgb.shape[0])):
+        for t in range(rgb.shape[1]):
+            pred, target = np.clip(rgb[b, t], 0, 1), batch["target_images"][b, t]
+            err = np.clip(np.abs(pred - target) * 2.0, 0, 1)
+            tiles.append([batch["input_images"][b, 0], pred, target, err])
+    return media.image_grid([[t.astype(np.float32) for t in row] for row in tiles[: rows * 2]])
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None,
+          devices=None) -> dict[str, Any]:
+    """Train (or resume) to `config.train.steps`; `stop_after` ends early after that many steps in
+    this call (tests, time budgets). Returns a summary dict."""
+    t_start = time.time()
+    if config.train.distributed:
+        jax.distributed.initialize()
+    os.makedirs(workdir, exist_ok=True)
+    trainer = Trainer(config, workdir, devices)
+    system, mesh = trainer.system, trainer.mesh
+    world = inputs.make_world(config, trainer.head) if config.data.source == "synthetic" else None
+    source = inputs.train_source(config, world, system.needs_cameras())
+    loader = inputs.train_loader(config, source, jax.process_count(), jax.process_index())
+    checkpoints = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
+    abstract = ckpt_lib.abstract_like(trainer.abstract_state, trainer.state_shardings)
+    restored = checkpoints.restore_latest(abstract, loader)
+    if restored is None:
+        state, start = trainer.init_state(), 0
+    else:
+        start, state, _ = restored
+        _say(f"resumed from {checkpoints.directory} at step {start}")
+    if is_writer():
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(ckpt_lib.config_json(config), f, indent=1)
+    counts = parameter_counts(state.params)
+    per_device = config.train.batch_size // sharding.batch_divisor(mesh)
+    _say(f"mesh {dict(mesh.shape)} over {len(mesh.devices.flat)} {jax.devices()[0].platform} devices "
+         f"({jax.process_count()} process(es)); global batch {config.train.batch_size}, per device {per_device}, "
+         f"{config.data.num_targets} targets per example")
+    _say(f"parameters: {counts['total']:,} (" + ", ".join(f"{k} {v:,}" for k, v in counts.items() if k != "total")
+         + f"); {system.num_gaussians:,} Gaussians per avatar; lifter {config.model.lifter_type}; "
+           f"{config.data.num_identities} training identities")
+    writer = MetricWriter(workdir)
+    total = config.train.steps
+    end = total if stop_after is None else min(total, start + stop_after)
+    t_log, s_log = time.time(), start
+    metrics = None
+    step = start
+    for step in range(start, end):
+        batch = next(loader)
+        state, metrics = trainer.step(state, batch, step)
+        done = step + 1
+        if done % config.train.log_every == 0 or done == end:
+            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            rate = (done - s_log) / max(time.time() - t_log, 1e-9)
+            host.update(steps_per_s=rate, nonfinite_skips=int(state.nonfinite_skips))
+            writer.write(done, host)
+            eta = (total - done) / max(rate, 1e-9)
+            _say(f"step {done}/{total}  loss {host['loss/total']:.4f}  psnr {host['psnr']:.2f}  "
+                 f"{rate:.2f} steps/s  ETA {eta / 60:.1f} min  skipped {host['nonfinite_skips']}")
+            t_log, s_log = time.time(), done
+        if is_writer() and config.train.image_every and (done % config.train.image_every == 0 or done == end):
+            rgb, _ = trainer.predict(state.params, batch)
+            media.save_image(os.path.join(workdir, "images", f"train_{done:07d}.png"), image_grid(batch, rgb))
+        if done % config.train.checkpoint_every == 0 or done == end:
+            checkpoints.save(done, state, loader, ckpt_lib.config_json(config), force=True)
+    checkpoints.close()
+    writer.close()
+    return dict(trainer=trainer, state=state, start_step=start, end_step=end if end > start else start,
+                seconds=time.time() - t_start, world=world,
+                last_metrics=None if metrics is None else {k: float(v) for k, v in jax.device_get(metrics).items()})
