@@ -70,12 +70,14 @@ def make_lifter(cfg: ml_collections.ConfigDict, head: HeadModel, dtype: Dtype) -
     if cfg.lifter_type == "dual_uv":
         from flexavatar_jax.models.dual_uv import DualUVLifter
 
-        return DualUVLifter(head=head, grid=cfg.grid, num_heads=lc.num_heads, depth=lc.depth, dtype=dtype, name="lifter")
+        return DualUVLifter(head=head, grid=cfg.grid, num_heads=lc.num_heads, depth=lc.depth, width=lc.width,
+                            fourier_frequencies=lc.fourier_frequencies, dtype=dtype, name="lifter")
     if cfg.lifter_type == "symmetric":
         from flexavatar_jax.models.symmetric import SymmetricUVLifter
 
-        return SymmetricUVLifter(head=head, grid=cfg.grid, num_heads=lc.num_heads, depth=lc.depth,
-                                 window=lc.window, dtype=dtype, name="lifter")
+        return SymmetricUVLifter(head=head, grid=cfg.grid, num_heads=lc.num_heads, depth=lc.depth, width=lc.width,
+                                 window=lc.window, fourier_frequencies=lc.fourier_frequencies, dtype=dtype,
+                                 name="lifter")
     raise ValueError(f"unknown lifter {cfg.lifter_type!r}: use one of {LIFTERS}")
 
 
