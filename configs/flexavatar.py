@@ -1,8 +1,10 @@
 """FlexAvatar: `--config configs/flexavatar.py:tiny|base|large`.
 
 * tiny  — forward+backward in seconds on a CPU (64² inputs, G=8, K=64, ~3K Gaussians); the main job.
-* base  — one GPU: 512² inputs, ViT-S/16, G=32, K=256 + a 2× denser scalp grid (~80K Gaussians).
-* large — a cluster: ViT-B/16, G=64, K=512 (~262K Gaussians, Dual-UV's count), FSDP-sharded.
+* base  — one GPU: 512² inputs, ViT-S/16, G=32, K=256 + a 2× denser scalp grid (~100K Gaussians: the
+          procedural scalp covers ~30% of the UV atlas; FHAvatar's layout gives ~78K).
+* large — a cluster: ViT-B/16, G=64, K=512 (~211K Gaussians: every valid texel of a 512² atlas, like
+          Dual-UV's 262K on a fully used one), FSDP-sharded.
 
 Every ablation switch of the papers is a field here: `model.lifter_type` (queries | dual_uv |
 symmetric), `model.unet.enabled`, `model.driving` (position_map | expression_code),

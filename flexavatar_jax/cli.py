@@ -4,8 +4,9 @@
     flexavatar-jax head-info [--head ...]
     flexavatar-jax make-dataset --config configs/synthetic_data.py:tiny --out DIR
     flexavatar-jax preview-data --config configs/synthetic_data.py:tiny --out DIR
-
-Later issues add train | eval | refine | reconstruct | animate | export | make-dataset.
+    flexavatar-jax summary --config configs/flexavatar.py:base
+    flexavatar-jax train --config configs/flexavatar.py:tiny --workdir out/tiny   (re-run to resume)
+    flexavatar-jax eval --config configs/flexavatar.py:tiny --workdir out/tiny
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ flags.DEFINE_integer("seed", 0, "Random seed for previews.")
 flags.DEFINE_integer("size", 256, "Preview image size in pixels.")
 flags.DEFINE_integer("uv_resolution", 256, "UV resolution for head-info statistics.")
 flags.DEFINE_bool("overwrite", False, "Overwrite existing outputs.")
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/synthetic_data.py:tiny.")
+flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, images, evaluation).")
+flags.DEFINE_bool("print_param_paths", False, "summary: also list every parameter path and shape.")
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/flexavatar.py:tiny.")
 
-COMMANDS = ("preview-head", "head-info", "make-dataset", "preview-data")
+COMMANDS = ("preview-head", "head-info", "make-dataset", "preview-data", "summary", "train", "eval")
 
 
 def _load_head():
@@ -62,6 +65,37 @@ def _require_config():
     if FLAGS.config is None:
         raise app.UsageError("this command needs --config, e.g. --config configs/synthetic_data.py:tiny")
     return FLAGS.config
+
+
+def _require_workdir() -> str:
+    if not FLAGS.workdir:
+        raise app.UsageError("this command needs --workdir (the training run's directory)")
+    return FLAGS.workdir
+
+
+def summary() -> str:
+    """Parameter counts per module (from shapes only: nothing is allocated) and Gaussians per avatar."""
+    import flax.linen as nn
+    import jax
+    from flax import traverse_util
+
+    from flexavatar_jax.models.avatar import FlexAvatar, parameter_counts
+    from flexavatar_jax.train.inputs import load_head
+
+    cfg = _require_config()
+    system = FlexAvatar(cfg.model, load_head(cfg.head))
+    abstract = nn.meta.unbox(jax.eval_shape(system.init, jax.random.key(0)))
+    counts = parameter_counts(abstract)
+    m = cfg.model
+    lines = [f"config {cfg.variant}: lifter {m.lifter_type}, inputs {m.image_size}² (patch {m.encoder.patch_size}), "
+             f"UV grid G={m.grid}, attribute maps K={m.uv_resolution}, UNet {'on' if m.unet.enabled else 'off'} "
+             f"(driving: {m.driving})",
+             f"Gaussians per avatar: {system.num_gaussians:,}"]
+    lines += [f"  {k:<12} {v:>14,}" for k, v in counts.items()]
+    if FLAGS.print_param_paths:
+        flat = traverse_util.flatten_dict(abstract, sep="/")
+        lines += [f"    {k} {tuple(v.shape)}" for k, v in sorted(flat.items())]
+    return "\n".join(lines)
 
 
 def main(argv: list[str]) -> None:
@@ -100,6 +134,16 @@ def main(argv: list[str]) -> None:
             from flexavatar_jax.preview import preview_data
 
             print(f"wrote {preview_data(world, out)}")
+    elif command == "summary":
+        print(summary())
+    elif command == "train":
+        from flexavatar_jax.train.reports import train_and_evaluate
+
+        train_and_evaluate(_require_config(), _require_workdir())
+    elif command == "eval":
+        from flexavatar_jax.train.reports import evaluate_workdir
+
+        evaluate_workdir(_require_config(), _require_workdir())
 
 
 def run() -> None:

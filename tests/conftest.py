@@ -6,6 +6,11 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Several tests build the same model programs (train + resume, sharded + single): a persistent
+# compilation cache lets the second compile of an identical program be a lookup.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(os.environ.get("FLEXAVATAR_CACHE", os.path.expanduser("~/.cache/flexavatar_jax")),
+                                   "xla_test_cache"))
 
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402

@@ -252,8 +252,11 @@ def tangent_frames(model: HeadModel, samples: UVSamples, vertices: Float[Array, 
 
 
 def sampling_grid(model: HeadModel, resolution: int, dense_regions: dict[str, int] | None = None) -> UVSamples:
-    """One sample per valid texel, plus `f*f - 1` extra sub-texel samples per valid texel of each
-    region in `dense_regions = {region: f}` (e.g. `{"scalp": 2}` for a denser hair grid)."""
+    """One sample per valid texel, except in the regions of `dense_regions = {region: f}` (e.g.
+    `{"scalp": 2}` for a denser hair grid), whose texels carry the f×f sub-texel grid instead: for
+    odd f the texel's own centre is one of the f² sub-texel centres (kept as the coarse sample, the
+    f² − 1 others are added); for even f no sub-texel centre coincides with it, so the coarse sample
+    is dropped and all f² sub-texel samples are added."""
     _check_resolution(resolution)
     base = texel_table(model, resolution)
     rows, cols = np.nonzero(base.valid)
@@ -272,10 +275,15 @@ def sampling_grid(model: HeadModel, resolution: int, dense_regions: dict[str, in
         fine = texel_table(model, fine_k)
         mask = uv_region_mask(model, fine_k, region)
         r, c = np.nonzero(mask)
-        # Skip the sub-texels that coincide with the coarse texel centre (odd factors only).
-        if factor % 2 == 1:
+        if factor % 2 == 1:  # skip the sub-texels at the coarse texel centres (already sampled)
             keep = ~((r % factor == factor // 2) & (c % factor == factor // 2))
             r, c = r[keep], c[keep]
+        else:  # the fine samples replace the coarse sample of every texel they cover
+            covered = np.zeros((resolution, resolution), bool)
+            covered[r // factor, c // factor] = True
+            stay = ~covered[texels[0][:, 0], texels[0][:, 1]]
+            faces[0], barys[0], uvs[0], texels[0], dense[0] = (
+                faces[0][stay], barys[0][stay], uvs[0][stay], texels[0][stay], dense[0][stay])
         faces.append(fine.face[r, c])
         barys.append(fine.bary[r, c])
         uvs.append(texel_uv(fine_k)[r, c])

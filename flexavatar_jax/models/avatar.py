@@ -36,7 +36,7 @@ from flexavatar_jax.models.encoder import ViTEncoder
 from flexavatar_jax.models.head_queries import StructuredHeadQueries
 from flexavatar_jax.models.unet import DeformationUNet
 from flexavatar_jax.models.uv_decoder import AttributeActivation, UVDecoder
-from flexavatar_jax.models.views import MAX_VIEWS, InputViews, pad_views
+from flexavatar_jax.models.views import MAX_VIEWS, InputViews
 from flexavatar_jax.render import rasterize
 
 RECONSTRUCTION_KEYS = ("encoder", "lifter", "decoder", "shape_head")
@@ -222,14 +222,14 @@ class FlexAvatar:
         `Ks [v,3,3]`) and tracked head params (leading [v]) are only read by the projection
         lifters. `shape`: known shape coefficients (else the shape head's prediction, else 0)."""
         self.check_images(images)
-        padded, mask = pad_views(images)
         v = images.shape[0]
-
-        def pad(x):
-            return None if x is None else jnp.concatenate([x, jnp.broadcast_to(x[:1], (MAX_VIEWS - v, *x.shape[1:]))])[None]
-
-        views = InputViews(padded[None], mask[None], pad(viewmats), pad(Ks),
-                           None if tracked is None else jax.tree.map(pad, tracked))
+        if not 1 <= v <= MAX_VIEWS:
+            raise ValueError(f"need 1 to {MAX_VIEWS} input views, got {v}")
+        # No padding: the token count follows the view count (one compile per count), so a
+        # single-view reconstruction does not pay for four encoder passes.
+        add = lambda x: None if x is None else x[None]  # noqa: E731
+        views = InputViews(images[None], jnp.ones((1, v), bool), add(viewmats), add(Ks),
+                           None if tracked is None else jax.tree.map(add, tracked))
         avatar = self.reconstruct_views(params, views, None if shape is None else shape[None])
         return jax.tree.map(lambda x: x[0], avatar)
 

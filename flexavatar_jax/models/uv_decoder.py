@@ -40,7 +40,7 @@ def pixel_shuffle(x: Float[Array, "b h w c"], factor: int) -> Float[Array, "b hf
 
 
 class AttributeActivation(NamedTuple):
-    """How raw channels become attributes (config fields `model.init_*`, `model.max_offset`)."""
+    """How raw channels become attributes (config fields `model.init_opacity`, `model.init_scale`, `model.offset_scale`)."""
 
     init_opacity: float = 0.7
     init_scale: float = 0.7

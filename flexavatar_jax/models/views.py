@@ -40,15 +40,6 @@ class InputViews(NamedTuple):
         return self.images.shape[1]
 
 
-def pad_views(images: Float[Array, "v h w 3"], num_slots: int = MAX_VIEWS) -> tuple[Array, Array]:
-    """Pad 1..num_slots views to `num_slots` (zeros) and return (images [num_slots,...], mask)."""
-    v = images.shape[0]
-    if not 1 <= v <= num_slots:
-        raise ValueError(f"need 1 to {num_slots} input views, got {v}")
-    pad = jnp.zeros((num_slots - v, *images.shape[1:]), images.dtype)
-    return jnp.concatenate([images, pad]), jnp.arange(num_slots) < v
-
-
 def require(views: InputViews, lifter: str, *fields: str) -> None:
     """ValueError naming the lifter and the missing annotations (cameras / tracked params)."""
     missing = [f for f in fields if getattr(views, f) is None]

@@ -227,7 +227,7 @@ def make_train_step(system: FlexAvatar, cfg: ml_collections.ConfigDict, tx: opta
         ema = state.ema_params
         if ema is not None:
             ema = _tree_where(finite, jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params), ema)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads), finite=finite.astype(jnp.float32))
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads), finite=finite.astype(jnp.float32))
         new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema,
                                nonfinite_skips=state.nonfinite_skips + (~finite).astype(jnp.int32))
         return new_state, metrics

@@ -117,6 +117,18 @@ def test_dense_sampling_grid(procedural_head):
     extra = dense.dense.sum()
     assert extra == uv.uv_region_mask(m, 2 * k, "scalp").sum()
     assert m.face_mask("scalp")[dense.face[dense.dense]].all()
+    # Even factor: the fine samples replace the coarse sample of each texel they cover.
+    covered = {tuple(t) for t in dense.texel[dense.dense]}
+    coarse = {tuple(t) for t in dense.texel[~dense.dense]}
+    assert not covered & coarse
+    assert len(dense) == len(base) - len(covered) + extra
+    # Odd factor: the coarse centre is kept and f² - 1 sub-texels join it, so a texel whose 3×3
+    # sub-texels are all in the region carries exactly 9 samples.
+    odd = uv.sampling_grid(m, k, {"scalp": 3})
+    fine = uv.uv_region_mask(m, 3 * k, "scalp").reshape(k, 3, k, 3).all(axis=(1, 3))
+    counts = np.zeros((k, k), int)
+    np.add.at(counts, (odd.texel[:, 0], odd.texel[:, 1]), 1)
+    assert fine.any() and (counts[fine] == 9).all()
     pts = np.asarray(dense.interpolate(m.faces, m.v_template))
     assert np.isfinite(pts).all() and pts.shape == (len(dense), 3)
 
