@@ -7,6 +7,7 @@
     flexavatar-jax summary --config configs/flexavatar.py:base
     flexavatar-jax train --config configs/flexavatar.py:tiny --workdir out/tiny   (re-run to resume)
     flexavatar-jax eval --config configs/flexavatar.py:tiny --workdir out/tiny
+    flexavatar-jax refine --config configs/flexavatar.py:tiny --workdir out/tiny
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, image
 flags.DEFINE_bool("print_param_paths", False, "summary: also list every parameter path and shape.")
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/flexavatar.py:tiny.")
 
-COMMANDS = ("preview-head", "head-info", "make-dataset", "preview-data", "summary", "train", "eval")
+COMMANDS = ("preview-head", "head-info", "make-dataset", "preview-data", "summary", "train", "eval", "refine")
 
 
 def _load_head():
@@ -144,6 +145,10 @@ def main(argv: list[str]) -> None:
         from flexavatar_jax.train.reports import evaluate_workdir
 
         evaluate_workdir(_require_config(), _require_workdir())
+    elif command == "refine":
+        from flexavatar_jax.train.refine import refine_workdir
+
+        refine_workdir(_require_config(), _require_workdir())
 
 
 def run() -> None:

@@ -89,7 +89,7 @@ class Trainer:
         self.key = jax.random.key(config.seed)
         ema = config.train.ema_decay > 0
         make = lambda k: step_lib.create_state(self.system, self.tx, k, ema)  # noqa: E731
-        with self.mesh, nn.logical_axis_rules(self.rules):
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             abstract = jax.eval_shape(make, self.key)
             self.state_shardings = sharding.logical_shardings(abstract, self.mesh, self.rules)
             self.abstract_state = nn.meta.unbox(abstract)
@@ -102,7 +102,7 @@ class Trainer:
         self._predict = jax.jit(lambda params, batch: _predict(self.system, params, batch))
 
     def init_state(self) -> step_lib.TrainState:
-        with self.mesh, nn.logical_axis_rules(self.rules):
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             state = jax.jit(lambda k: nn.meta.unbox(self._make_state(k)), out_shardings=self.state_shardings)(self.key)
         pretrained = self.config.model.encoder.pretrained
         if pretrained:
@@ -115,11 +115,11 @@ class Trainer:
 
     def step(self, state, batch: dict[str, np.ndarray], step: int):
         gb = sharding.global_batch(batch, self.mesh)
-        with self.mesh, nn.logical_axis_rules(self.rules):
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             return self.train_step(state, gb, jax.random.fold_in(self.key, step))
 
     def predict(self, params, batch: dict[str, np.ndarray]):
-        with self.mesh, nn.logical_axis_rules(self.rules):
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             rgb, alpha = self._predict(params, {k: jnp.asarray(v) for k, v in batch.items()})
         return np.asarray(rgb), np.asarray(alpha)
 
