@@ -1,12 +1,15 @@
 # Two commands do everything on a fresh machine (see README.md):
-#   make demo   -> creates .venv (Python >= 3.12) if needed, then runs the main job
+#   make demo   -> creates .venv (Python >= 3.12) if needed, then runs the main job: train the tiny
+#                  FlexAvatar on built-in synthetic data, evaluate on held-out identities, turntable
 #   make test   -> creates .venv with the test extras if needed, then runs the test suite
 VENV ?= .venv
 OUT ?= out
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -q -n 2
 
-.PHONY: demo test test-all venv clean
+WORKDIR ?= $(OUT)/tiny
+
+.PHONY: demo preview test test-all venv clean
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: setup.py
@@ -20,6 +23,9 @@ $(VENV)/.installed: setup.py
 	@touch $@
 
 demo: venv
+	$(VENV)/bin/flexavatar-jax train --config configs/flexavatar.py:tiny --workdir $(WORKDIR)
+
+preview: venv
 	$(VENV)/bin/flexavatar-jax preview-head --out $(OUT)/preview_head
 	$(VENV)/bin/flexavatar-jax preview-data --config configs/synthetic_data.py:tiny \
 	  --config.synthetic.image_size=128 --config.synthetic.uv_resolution=128 --out $(OUT)/preview_data

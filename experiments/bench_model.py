@@ -71,7 +71,7 @@ def driving_frames(num_expression: int, batch: int, seed: int = 0):
     import jax.numpy as jnp
     import numpy as np
 
-    from flexavatar_jax.render.camera import intrinsics_from_fov, look_at
+    from flexavatar_jax.render.camera import look_at
 
     rng = np.random.default_rng(seed)
     expression = rng.standard_normal((batch, num_expression))
@@ -90,7 +90,6 @@ def driving_frames(num_expression: int, batch: int, seed: int = 0):
 def run(variant: str, repeats: int, batch: int, backend: str, seed: int = 0) -> dict:
     import flax
     import jax
-    import jax.numpy as jnp
 
     from flexavatar_jax.head.procedural import load_procedural_head
     from flexavatar_jax.models.avatar import FlexAvatar, parameter_counts

@@ -8,11 +8,16 @@
     flexavatar-jax train --config configs/flexavatar.py:tiny --workdir out/tiny   (re-run to resume)
     flexavatar-jax eval --config configs/flexavatar.py:tiny --workdir out/tiny
     flexavatar-jax refine --config configs/flexavatar.py:tiny --workdir out/tiny
+    flexavatar-jax reconstruct --config ... --workdir out/tiny (--images a.png,b.png | --identity 1000000) --out me.npz
+    flexavatar-jax animate --config ... --workdir out/tiny --avatar me.npz (--motion m.npz | --driver_identity 1000001)
+        --out me.gif        (also writes me_turntable.gif)
+    flexavatar-jax export --config ... --workdir out/tiny --avatar me.npz --out me.ply
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import sys
 import time
@@ -31,9 +36,18 @@ flags.DEFINE_integer("uv_resolution", 256, "UV resolution for head-info statisti
 flags.DEFINE_bool("overwrite", False, "Overwrite existing outputs.")
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, images, evaluation).")
 flags.DEFINE_bool("print_param_paths", False, "summary: also list every parameter path and shape.")
+flags.DEFINE_list("images", None, "reconstruct: 1-4 portrait image files (comma-separated).")
+flags.DEFINE_integer("identity", None, "reconstruct: a synthetic identity id (held-out ids start at 1000000).")
+flags.DEFINE_string("avatar", None, "animate/export: an avatar .npz written by `reconstruct`.")
+flags.DEFINE_string("motion", None, "animate: .npz with expression [T,E], pose [T,15], translation [T,3] (or VHAP).")
+flags.DEFINE_integer("driver_identity", None, "animate: drive with this synthetic identity's first clip.")
+flags.DEFINE_integer("frames", None, "animate: number of frames (default: the whole motion).")
+flags.DEFINE_integer("fps", 25, "animate: frames per second of the video.")
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/flexavatar.py:tiny.")
 
-COMMANDS = ("preview-head", "head-info", "make-dataset", "preview-data", "summary", "train", "eval", "refine")
+COMMANDS = ("preview-head", "head-info", "make-dataset", "preview-data", "summary", "train", "eval", "refine",
+            "reconstruct", "animate", "export")
+AVATAR_COMMANDS = ("reconstruct", "animate", "export")
 
 
 def _load_head():
@@ -99,6 +113,56 @@ def summary() -> str:
     return "\n".join(lines)
 
 
+def _require(name: str):
+    value = getattr(FLAGS, name)
+    if value is None:
+        raise app.UsageError(f"this command needs --{name}")
+    return value
+
+
+def avatar_command(command: str) -> str:
+    """reconstruct | animate | export with the trained params of --workdir; returns what it wrote."""
+    from flexavatar_jax.data import media
+    from flexavatar_jax.train import avatars, inputs
+    from flexavatar_jax.train.loop import Trainer
+    from flexavatar_jax.train.reports import restore_params
+
+    cfg, workdir = _require_config(), _require_workdir()
+    trainer = Trainer(cfg, workdir)
+    system = trainer.system
+    _, params = restore_params(trainer, workdir)
+    out = FLAGS.out
+    if command == "reconstruct":
+        if (FLAGS.images is None) == (FLAGS.identity is None):
+            raise app.UsageError("reconstruct needs exactly one of --images or --identity")
+        if FLAGS.images is not None:
+            avatar, source = avatars.reconstruct_from_images(system, params, FLAGS.images), ",".join(FLAGS.images)
+        else:
+            world = inputs.make_world(cfg, trainer.head)
+            avatar, _ = avatars.reconstruct_from_dataset(system, params, world, FLAGS.identity, seed=cfg.seed)
+            source = f"synthetic identity {FLAGS.identity}"
+        avatars.save_avatar(out, avatar, config_json=cfg.model.to_dict(), image_size=system.image_size, source=source)
+        return out
+    avatar, meta = avatars.load_avatar(_require("avatar"))
+    avatars.check_avatar(system, avatar, meta)
+    if command == "export":
+        n = avatars.export_avatar_ply(system, params, avatar, out)
+        return f"{out} ({n:,} Gaussians)"
+    if (FLAGS.motion is None) == (FLAGS.driver_identity is None):
+        raise app.UsageError("animate needs exactly one of --motion or --driver_identity")
+    if FLAGS.motion is not None:
+        motion = avatars.load_motion(FLAGS.motion, trainer.head.num_expression)
+    else:
+        motion = avatars.driving_sequence(inputs.make_world(cfg, trainer.head), FLAGS.driver_identity, FLAGS.frames)
+    expression, pose, translation = avatars.motion_arrays(motion)
+    if FLAGS.frames is not None:
+        expression, pose, translation = expression[: FLAGS.frames], pose[: FLAGS.frames], translation[: FLAGS.frames]
+    media.write_video(out, avatars.animate_frames(system, params, avatar, expression, pose, translation), fps=FLAGS.fps)
+    stem, _ = os.path.splitext(out)
+    media.write_video(f"{stem}_turntable.gif", avatars.turntable_frames(system, params, avatar), fps=12)
+    return f"{out}, {stem}_turntable.gif"
+
+
 def main(argv: list[str]) -> None:
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"usage: flexavatar-jax {{{'|'.join(COMMANDS)}}} [flags]; got {argv[1:]}")
@@ -149,6 +213,10 @@ def main(argv: list[str]) -> None:
         from flexavatar_jax.train.refine import refine_workdir
 
         refine_workdir(_require_config(), _require_workdir())
+    elif command in AVATAR_COMMANDS:
+        if not FLAGS["out"].present:
+            raise app.UsageError(f"{command} needs --out (the file to write)")
+        print(f"wrote {avatar_command(command)}")
 
 
 def run() -> None:

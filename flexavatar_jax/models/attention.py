@@ -47,6 +47,40 @@ class MLP(nn.Module):
         return dense(d, ("mlp", "embed"), self.dtype, "fc2")(h)
 
 
+class HeadProjection(nn.Module):
+    """x [..., d] -> [..., heads, head_dim]. Params are created at their full 3-D shape (not
+    flattened as DenseGeneral does), so their logical names apply at creation under any mesh."""
+
+    num_heads: int
+    head_dim: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Float[Array, "... d"]) -> Float[Array, "... h k"]:
+        init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
+        kernel = self.param("kernel", nn.with_logical_partitioning(init, ("embed", "heads", "kv")),
+                            (x.shape[-1], self.num_heads, self.head_dim))
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("heads", "kv")),
+                          (self.num_heads, self.head_dim))
+        return jnp.einsum("...d,dhk->...hk", x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+
+
+class HeadMerge(nn.Module):
+    """[..., heads, head_dim] -> [..., d] (the attention output projection)."""
+
+    features: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Float[Array, "... h k"]) -> Float[Array, "... d"]:
+        init = nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
+        kernel = self.param("kernel", nn.with_logical_partitioning(init, ("heads", "kv", "embed")),
+                            (*x.shape[-2:], self.features))
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+                          (self.features,))
+        return jnp.einsum("...hk,hkd->...d", x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+
+
 class Attention(nn.Module):
     """Multi-head attention from `queries [b,s,d]` to `keys_values [b,t,d]`; `kv_mask [b,t]`
     (True = attend) hides padding tokens (e.g. absent input views)."""
@@ -63,16 +97,12 @@ class Attention(nn.Module):
         head_dim = d // self.num_heads
 
         def proj(name, x):
-            return nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype, name=name,
-                                   kernel_init=nn.with_logical_partitioning(_DENSE_INIT, ("embed", "heads", "kv")),
-                                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("heads", "kv")))(x)
+            return HeadProjection(self.num_heads, head_dim, self.dtype, name=name)(x)
 
         q, k, v = proj("query", queries), proj("key", keys_values), proj("value", keys_values)
         mask = None if kv_mask is None else kv_mask[:, None, None, :]
         out = nn.dot_product_attention(q, k, v, mask=mask, dtype=self.dtype)
-        return nn.DenseGeneral(d, axis=(-2, -1), dtype=self.dtype, name="out",
-                               kernel_init=nn.with_logical_partitioning(_DENSE_INIT, ("heads", "kv", "embed")),
-                               bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)))(out)
+        return HeadMerge(d, self.dtype, name="out")(out)
 
 
 class SelfAttentionBlock(nn.Module):

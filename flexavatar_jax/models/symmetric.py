@@ -38,11 +38,11 @@ from jaxtyping import Array, Bool, Float, Int
 from flexavatar_jax.head import HeadModel
 from flexavatar_jax.head import uv as uvt
 from flexavatar_jax.models import uv_projection as uvp
-from flexavatar_jax.models.attention import MLP, CrossAttentionBlock, Dtype, constrain_tokens, dense, layer_norm
+from flexavatar_jax.models.attention import (MLP, CrossAttentionBlock, Dtype, HeadMerge, HeadProjection, constrain_tokens,
+                                              dense, layer_norm)
 from flexavatar_jax.models.views import InputViews, require
 
 _UV_AXES = ("batch", "uv_h", "uv_w", "embed")
-_DENSE_INIT = nn.initializers.xavier_uniform()  # as in attention.py
 
 
 def mirror_indices(head: HeadModel, grid: int) -> tuple[Int[np.ndarray, " gg"], Bool[np.ndarray, " gg"]]:
@@ -103,10 +103,7 @@ class SymmetricWindowAttention(nn.Module):
         head_dim = d // self.num_heads
 
         def proj(name, x):
-            zeros = nn.initializers.zeros_init()
-            return nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype, name=name,
-                                   kernel_init=nn.with_logical_partitioning(_DENSE_INIT, ("embed", "heads", "kv")),
-                                   bias_init=nn.with_logical_partitioning(zeros, ("heads", "kv")))(x)
+            return HeadProjection(self.num_heads, head_dim, self.dtype, name=name)(x)
 
         q = proj("query", queries)
         k, v = proj("key", local), proj("value", local)
@@ -123,9 +120,7 @@ class SymmetricWindowAttention(nn.Module):
         # A fully occluded neighbourhood (both windows) contributes nothing instead of a uniform mix.
         weights = jnp.where(jnp.any(valid, axis=-1, keepdims=True), weights, 0.0).astype(self.dtype)
         out = jnp.einsum("bths,btshk->bthk", weights, values)
-        return nn.DenseGeneral(d, axis=(-2, -1), dtype=self.dtype, name="out",
-                               kernel_init=nn.with_logical_partitioning(_DENSE_INIT, ("heads", "kv", "embed")),
-                               bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)))(out)
+        return HeadMerge(d, self.dtype, name="out")(out)
 
 
 class SymmetricWindowBlock(nn.Module):

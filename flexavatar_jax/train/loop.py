@@ -89,10 +89,10 @@ class Trainer:
         self.key = jax.random.key(config.seed)
         ema = config.train.ema_decay > 0
         make = lambda k: step_lib.create_state(self.system, self.tx, k, ema)  # noqa: E731
-        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-            abstract = jax.eval_shape(make, self.key)
-            self.state_shardings = sharding.logical_shardings(abstract, self.mesh, self.rules)
-            self.abstract_state = nn.meta.unbox(abstract)
+        # Shapes and logical names first (no mesh context needed), then the mesh shardings.
+        abstract = jax.eval_shape(make, self.key)
+        self.state_shardings = sharding.logical_shardings(abstract, self.mesh, self.rules)
+        self.abstract_state = nn.meta.unbox(abstract)
         self._make_state = make
         self.batch_sharding = sharding.batch_sharding(self.mesh)
         self.train_step = jax.jit(step_lib.make_train_step(self.system, config, self.tx, self.perceptual),

@@ -19,7 +19,7 @@ from scipy.spatial.transform import Rotation
 
 from flexavatar_jax.head import flame, mesh_ops
 from flexavatar_jax.head.lbs import lbs
-from flexavatar_jax.head.model import FLAME_PARENTS, REGION_NAMES, HeadParams
+from flexavatar_jax.head.model import FLAME_PARENTS, REGION_NAMES
 
 NUM_COMPONENTS = 400
 MASK_KEYS = ("eye_region", "neck", "left_eyeball", "right_eyeball", "lips", "face", "scalp",
