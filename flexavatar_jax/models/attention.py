@@ -47,6 +47,12 @@ class MLP(nn.Module):
         return dense(d, ("mlp", "embed"), self.dtype, "fc2")(h)
 
 
+def head_width(width: int, num_heads: int) -> int:
+    if width % num_heads:
+        raise ValueError(f"width {width} is not divisible by num_heads={num_heads}")
+    return width // num_heads
+
+
 class HeadProjection(nn.Module):
     """x [..., d] -> [..., heads, head_dim]. Params are created at their full 3-D shape (not
     flattened as DenseGeneral does), so their logical names apply at creation under any mesh."""
@@ -92,9 +98,7 @@ class Attention(nn.Module):
     def __call__(self, queries: Float[Array, "b s d"], keys_values: Float[Array, "b t d"],
                  kv_mask: Bool[Array, "b t"] | None = None) -> Float[Array, "b s d"]:
         d = queries.shape[-1]
-        if d % self.num_heads:
-            raise ValueError(f"width {d} is not divisible by num_heads={self.num_heads}")
-        head_dim = d // self.num_heads
+        head_dim = head_width(d, self.num_heads)
 
         def proj(name, x):
             return HeadProjection(self.num_heads, head_dim, self.dtype, name=name)(x)

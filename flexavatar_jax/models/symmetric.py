@@ -39,7 +39,7 @@ from flexavatar_jax.head import HeadModel
 from flexavatar_jax.head import uv as uvt
 from flexavatar_jax.models import uv_projection as uvp
 from flexavatar_jax.models.attention import (MLP, CrossAttentionBlock, Dtype, HeadMerge, HeadProjection, constrain_tokens,
-                                              dense, layer_norm)
+                                              dense, head_width, layer_norm)
 from flexavatar_jax.models.views import InputViews, require
 
 _UV_AXES = ("batch", "uv_h", "uv_w", "embed")
@@ -98,9 +98,7 @@ class SymmetricWindowAttention(nn.Module):
     def __call__(self, queries: Float[Array, "b t d"], local: Float[Array, "b t d"], local_mask: Bool[Array, "b t"],
                  window_index: Int[Array, "t s"], window_valid: Bool[Array, "t s"]) -> Float[Array, "b t d"]:
         d = queries.shape[-1]
-        if d % self.num_heads:
-            raise ValueError(f"width {d} is not divisible by num_heads={self.num_heads}")
-        head_dim = d // self.num_heads
+        head_dim = head_width(d, self.num_heads)
 
         def proj(name, x):
             return HeadProjection(self.num_heads, head_dim, self.dtype, name=name)(x)
