@@ -118,3 +118,24 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path):
     # Adam normalises each coordinate, so rounding differences in near-zero gradients can flip a
     # tiny update; bound the disagreement relative to the size of the updates themselves.
     assert moved > 1e-5 and differ < 0.01 * moved, (moved, differ)
+
+
+def test_bfloat16_compute_and_lowres_branch_give_finite_losses(tmp_path):
+    cfg = micro_config(batch=2)
+    cfg.model.compute_dtype = "bfloat16"
+    cfg.loss.lowres.weight = 0.5
+    trainer = loop.Trainer(cfg, str(tmp_path), devices=jax.devices()[:1])
+    from flexavatar_jax.train import inputs
+
+    source = inputs.train_source(cfg, inputs.make_world(cfg, trainer.head), False)
+    batch = {k: jnp.asarray(np.stack([source[i][k] for i in range(2)])) for k in source[0]}
+    params = trainer.init_state().params
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))  # params stay float32
+    loss, metrics = jax.jit(lambda p: step_lib.compute_losses(trainer.system, cfg, p, batch, 0))(params)
+    assert np.isfinite(float(loss)) and float(metrics["loss/lowres"]) > 0
+    # bf16 compute changes the numbers only at bf16 precision.
+    cfg32 = micro_config(batch=2)
+    cfg32.loss.lowres.weight = 0.5
+    trainer32 = loop.Trainer(cfg32, str(tmp_path / "f32"), devices=jax.devices()[:1])
+    loss32, _ = jax.jit(lambda p: step_lib.compute_losses(trainer32.system, cfg32, p, batch, 0))(params)
+    assert abs(float(loss) - float(loss32)) < 0.05 * abs(float(loss32))
