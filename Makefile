@@ -19,7 +19,13 @@ $(VENV)/.installed: setup.py
 	  "$$interp" -m venv $(VENV); \
 	fi
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	FLEXAVATAR_BUILD_CUDA=0 $(PY) -m pip install -q -e ".[test]"
+	@# pip builds in an isolated environment without jax, so the CUDA splatting library (it needs
+	@# jax's XLA FFI headers) is compiled here, once jax is installed; without nvcc this is skipped.
+	@if command -v nvcc >/dev/null 2>&1 || [ -n "$${CUDA_HOME:-}" ]; then \
+	  $(PY) -m flexavatar_jax.render.cuda_backend build >/dev/null || \
+	  echo "flexavatar-jax: CUDA splatting library not built; the pure-JAX renderer works without it"; \
+	fi
 	@touch $@
 
 demo: venv
