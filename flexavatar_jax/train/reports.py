@@ -14,7 +14,7 @@ import numpy as np
 
 from flexavatar_jax.data import media
 from flexavatar_jax.data.pipeline import PARAM_FIELDS
-from flexavatar_jax.head import HeadParams
+from flexavatar_jax.train import avatars
 from flexavatar_jax.train import checkpoint as ckpt_lib
 from flexavatar_jax.train import evaluate as ev
 from flexavatar_jax.train import inputs
@@ -94,25 +94,15 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, out_dir: s
 def turntable(trainer: Trainer, params: Any, world, config: ml_collections.ConfigDict, path: str,
               num_frames: int = 36, num_views: int = 4) -> str:
     """Reconstruct the first held-out identity from `num_views` views and render a 360° orbit of it
-    (its own first frame's expression) to a GIF."""
+    (at the expression and jaw/eye pose of one of its own frames) to a GIF."""
     system = trainer.system
     ident_id = int(inputs.heldout(config)[0])
     es = ev.build_eval_set(world, [ident_id], num_views=num_views, num_targets=1, mode="self", seed=config.seed)
     n = int(es["num_inputs"][0])
     avatar = jax.jit(system.reconstruct)(params, jnp.asarray(es["input_images"][0, :n]))
-    driving = HeadParams(**{f: jnp.asarray(es[f"target_{f}"][0, 0]) for f in PARAM_FIELDS})
-    driving = driving.replace(shape=avatar.shape, global_pose=jnp.zeros(3), neck_pose=jnp.zeros(3),
-                              translation=jnp.zeros(3))
-    viewmats, Ks = ev.turntable_cameras(num_frames, system.image_size)
-
-    @jax.jit
-    def frame(viewmat, K):
-        g = system.gaussians_from_maps(system.animated_maps(params, avatar, driving), driving)
-        rgb, _ = system.render(g, viewmat[None], K[None], backgrounds=jnp.ones((1, 3)))
-        return rgb[0]
-
-    frames = np.stack([np.clip(np.asarray(frame(jnp.asarray(v), jnp.asarray(k))), 0, 1)
-                       for v, k in zip(viewmats, Ks)])
+    pose = np.concatenate([np.zeros(6, np.float32), es["target_jaw_pose"][0, 0], es["target_eyes_pose"][0, 0]])
+    frames = avatars.turntable_frames(system, params, avatar, num_frames, expression=es["target_expression"][0, 0],
+                                      pose=pose)
     if is_writer():
         media.write_video(path, frames, fps=12)
     return path
