@@ -4,6 +4,7 @@ a NaN batch never poisons the state, and the model learns on the tiny synthetic 
 from __future__ import annotations
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +54,15 @@ def test_sharded_run_matches_single_device(tmp_path):
     a, b = _losses(tmp_path / "single"), _losses(tmp_path / "sharded")
     assert len(a) == len(b) == 3
     np.testing.assert_allclose(b, a, rtol=1e-4)
+    # The single-device checkpoint of step 2 (params, Adam moments, data position) resumes onto
+    # the (2,4) mesh and takes step 3 like the single-device run did.
+    cross = tmp_path / "cross"
+    shutil.copytree(tmp_path / "single" / "checkpoints", cross / "checkpoints")
+    shutil.rmtree(cross / "checkpoints" / "3")
+    resumed = loop.train(sharded, str(cross))
+    assert resumed["start_step"] == 2 and resumed["state"].params["encoder"]["block_0"]["mlp"]["fc1"]["kernel"] \
+        .sharding.spec[0] == "fsdp"
+    np.testing.assert_allclose(_losses(cross), a[2:], rtol=1e-4)
 
 
 def test_resume_replays_an_uninterrupted_run(tmp_path):
