@@ -18,12 +18,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from flexavatar_jax.data import media
 from flexavatar_jax.models.avatar import FlexAvatar, parameter_counts
 from flexavatar_jax.models.encoder import load_encoder_npz
+from flexavatar_jax.train import avatars, evaluate, inputs, sharding
 from flexavatar_jax.train import checkpoint as ckpt_lib
-from flexavatar_jax.train import inputs, sharding
 from flexavatar_jax.train import step as step_lib
 from flexavatar_jax.train.perceptual import perceptual_loss_fn
 
@@ -100,6 +101,7 @@ class Trainer:
                                   out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
                                   donate_argnums=0)
         self._predict = jax.jit(lambda params, batch: _predict(self.system, params, batch))
+        self._reconstruct = jax.jit(self.system.reconstruct)
 
     def init_state(self) -> step_lib.TrainState:
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
@@ -114,14 +116,37 @@ class Trainer:
         return state
 
     def step(self, state, batch: dict[str, np.ndarray], step: int):
-        gb = sharding.global_batch(batch, self.mesh)
-        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-            return self.train_step(state, gb, jax.random.fold_in(self.key, step))
+        """One update from this process's rows of the global batch."""
+        return self.step_global(state, sharding.global_batch(batch, self.mesh), step)
 
-    def predict(self, params, batch: dict[str, np.ndarray]):
+    def step_global(self, state, global_batch: dict[str, jax.Array], step: int):
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            return self.train_step(state, global_batch, jax.random.fold_in(self.key, step))
+
+    def reconstruct(self, params, images: np.ndarray):
+        """An avatar from 1–4 host images (the same on every process)."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            return self._reconstruct(params, jnp.asarray(images))
+
+    def predict(self, params, batch: dict[str, Any]):
+        """Rendered targets of a batch -> host (rgb, alpha). Every process must call it (the params
+        are global arrays); host numpy inputs must then be the same on every process, global
+        arrays are gathered."""
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             rgb, alpha = self._predict(params, {k: jnp.asarray(v) for k, v in batch.items()})
+        if jax.process_count() > 1:
+            rgb, alpha = multihost_utils.process_allgather((rgb, alpha), tiled=True)
         return np.asarray(rgb), np.asarray(alpha)
+
+
+def _heldout_inputs(config: ml_collections.ConfigDict, world) -> np.ndarray | None:
+    """Input views of the first held-out identity, for the periodic turntable (synthetic data)."""
+    if world is None or not config.train.image_every:
+        return None
+    ident = int(inputs.heldout(config)[0])
+    es = evaluate.build_eval_set(world, [ident], num_views=min(4, config.data.max_inputs), num_targets=1, mode="self",
+                                 seed=config.seed)
+    return es["input_images"][0, : int(es["num_inputs"][0])]
 
 
 def _predict(system: FlexAvatar, params: Any, batch: dict) -> tuple[jax.Array, jax.Array]:
@@ -178,9 +203,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     t_log, s_log = time.time(), start
     metrics = None
     step = start
+    heldout_views = _heldout_inputs(config, world)
     for step in range(start, end):
         batch = next(loader)
-        state, metrics = trainer.step(state, batch, step)
+        global_batch = sharding.global_batch(batch, mesh)
+        state, metrics = trainer.step_global(state, global_batch, step)
         done = step + 1
         if done % config.train.log_every == 0 or done == end:
             host = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -191,9 +218,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
             _say(f"step {done}/{total}  loss {host['loss/total']:.4f}  psnr {host['psnr']:.2f}  "
                  f"{rate:.2f} steps/s  ETA {eta / 60:.1f} min  skipped {host['nonfinite_skips']}")
             t_log, s_log = time.time(), done
-        if is_writer() and config.train.image_every and (done % config.train.image_every == 0 or done == end):
-            rgb, _ = trainer.predict(state.params, batch)
-            media.save_image(os.path.join(workdir, "images", f"train_{done:07d}.png"), image_grid(batch, rgb))
+        if config.train.image_every and (done % config.train.image_every == 0 or done == end):
+            # Computed by every process (global params), written by process 0; its own rows lead
+            # the gathered global batch.
+            rgb, _ = trainer.predict(state.params, global_batch)
+            if is_writer():
+                media.save_image(os.path.join(workdir, "images", f"train_{done:07d}.png"),
+                                 image_grid(batch, rgb[: len(batch["input_images"])]))
+            if heldout_views is not None:
+                avatar = trainer.reconstruct(state.params, heldout_views)
+                frames = avatars.turntable_frames(system, state.params, avatar, num_frames=8)
+                if is_writer():
+                    media.save_image(os.path.join(workdir, "images", f"heldout_turntable_{done:07d}.png"),
+                                     media.image_grid([list(frames)]))
         if done % config.train.checkpoint_every == 0 or done == end:
             checkpoints.save(done, state, loader, ckpt_lib.config_json(config), force=True)
     checkpoints.close()

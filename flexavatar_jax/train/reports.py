@@ -7,8 +7,6 @@ import json
 import os
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -99,7 +97,7 @@ def turntable(trainer: Trainer, params: Any, world, config: ml_collections.Confi
     ident_id = int(inputs.heldout(config)[0])
     es = ev.build_eval_set(world, [ident_id], num_views=num_views, num_targets=1, mode="self", seed=config.seed)
     n = int(es["num_inputs"][0])
-    avatar = jax.jit(system.reconstruct)(params, jnp.asarray(es["input_images"][0, :n]))
+    avatar = trainer.reconstruct(params, es["input_images"][0, :n])
     pose = np.concatenate([np.zeros(6, np.float32), es["target_jaw_pose"][0, 0], es["target_eyes_pose"][0, 0]])
     frames = avatars.turntable_frames(system, params, avatar, num_frames, expression=es["target_expression"][0, 0],
                                       pose=pose)

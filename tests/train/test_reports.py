@@ -22,7 +22,15 @@ def test_evaluate_workdir_reports_trained_against_untrained(tmp_path):
     cfg = micro_config(steps=2, batch=2)
     cfg.mesh.update(data=1, fsdp=1, model=1)
     cfg.eval.update(num_identities=2, num_targets=2, batch_size=2, views=(1, 2))
+    cfg.train.image_every = 2
     run = loop.train(cfg, str(tmp_path), devices=jax.devices()[:1])
+    from PIL import Image
+
+    # Periodic images: (input | prediction | target | error) rows, and an 8-view held-out turntable strip.
+    with Image.open(tmp_path / "images" / "train_0000002.png") as grid:
+        assert grid.size == (4 * 32, 2 * 32)
+    with Image.open(tmp_path / "images" / "heldout_turntable_0000002.png") as strip:
+        assert strip.size == (8 * 32, 32)
     out = reports.evaluate_workdir(cfg, str(tmp_path), trainer=run["trainer"])
     saved = json.loads((tmp_path / "eval.json").read_text())
     untrained = json.loads((tmp_path / "eval_untrained.json").read_text())
@@ -40,7 +48,6 @@ def test_evaluate_workdir_reports_trained_against_untrained(tmp_path):
     assert "Trained vs untrained" in (tmp_path / "eval.md").read_text()
     path = reports.turntable(run["trainer"], run["state"].params, run["world"], cfg, str(tmp_path / "tt.gif"),
                              num_frames=4, num_views=2)
-    from PIL import Image
 
     with Image.open(path) as gif:
         assert gif.n_frames >= 2 and gif.size == (32, 32)
