@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -233,7 +232,3 @@ def make_train_step(system: FlexAvatar, cfg: ml_collections.ConfigDict, tx: opta
         return new_state, metrics
 
     return train_step
-
-
-def unbox(tree: Any) -> Any:
-    return nn.meta.unbox(tree)
