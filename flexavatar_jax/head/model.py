@@ -180,11 +180,22 @@ class HeadParams:
         z = lambda n: jnp.zeros((*batch_shape, n), jnp.float32)  # noqa: E731
         return cls(z(num_shape), z(num_expression), z(3), z(3), z(3), z(6), z(3))
 
+    @classmethod
+    def from_pose(cls, shape, expression, pose, translation) -> "HeadParams":
+        """Split a flat `pose [...,15]` (axis-angle in `JOINT_NAMES` order: global, neck, jaw, left
+        eye, right eye) into the per-joint fields; the inverse of `pose_vector`."""
+        if pose.shape[-1] != 3 * NUM_JOINTS:
+            raise ValueError(f"pose must be [..., {3 * NUM_JOINTS}] (global, neck, jaw, eyes), got {tuple(pose.shape)}")
+        return cls(shape=shape, expression=expression, global_pose=pose[..., 0:3], neck_pose=pose[..., 3:6],
+                   jaw_pose=pose[..., 6:9], eyes_pose=pose[..., 9:15], translation=translation)
+
+    def pose_vector(self) -> Float[Array, "*b 15"]:
+        """The flat pose `[...,15]` that `from_pose` splits."""
+        return jnp.concatenate([self.global_pose, self.neck_pose, self.jaw_pose, self.eyes_pose], axis=-1)
+
     def full_pose(self) -> Float[Array, "*b 5 3"]:
         """Axis-angle per joint, in `JOINT_NAMES` order."""
-        pose = jnp.concatenate(
-            [self.global_pose, self.neck_pose, self.jaw_pose, self.eyes_pose], axis=-1
-        )
+        pose = self.pose_vector()
         return pose.reshape(*pose.shape[:-1], NUM_JOINTS, 3)
 
     def replace(self, **changes: Any) -> "HeadParams":

@@ -283,9 +283,8 @@ class FlexAvatar:
                              f"{self.head.num_expression}")
         if pose.shape[-1] != 15 or translation.shape[-1] != 3:
             raise ValueError(f"pose must be [...,15] and translation [...,3], got {pose.shape}, {translation.shape}")
-        return HeadParams(shape=jnp.broadcast_to(shape, (*expression.shape[:-1], shape.shape[-1])),
-                          expression=expression, global_pose=pose[..., 0:3], neck_pose=pose[..., 3:6],
-                          jaw_pose=pose[..., 6:9], eyes_pose=pose[..., 9:15], translation=translation)
+        return HeadParams.from_pose(jnp.broadcast_to(shape, (*expression.shape[:-1], shape.shape[-1])), expression,
+                                    pose, translation)
 
     # ------------------------------------------------------------------ render
     def render(self, gaussians: dict[str, Array], viewmats: Float[Array, "v 4 4"], Ks: Float[Array, "v 3 3"],

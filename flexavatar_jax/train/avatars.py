@@ -273,9 +273,8 @@ def driving_sequence(world: SyntheticWorld, identity_id: int, num_frames: int | 
 def motion_arrays(driving: HeadParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`HeadParams [T]` -> (expression [T,E], pose [T,15], translation [T,3]), the arguments of
     `animate_frames` (pose order: global, neck, jaw, left eye, right eye)."""
-    pose = np.concatenate([np.asarray(driving.global_pose), np.asarray(driving.neck_pose),
-                           np.asarray(driving.jaw_pose), np.asarray(driving.eyes_pose)], axis=-1)
-    return (np.asarray(driving.expression, np.float32), pose.astype(np.float32),
+    pose = np.asarray(driving.pose_vector(), np.float32)
+    return (np.asarray(driving.expression, np.float32), pose,
             np.asarray(driving.translation, np.float32))
 
 
@@ -352,8 +351,7 @@ def load_motion(path: str | os.PathLike, num_expression: int | None = None) -> H
                              f"...) arrays; has {sorted(contents)}")
     expression, pose, translation = _checked_motion(path, arrays, num_expression)
     t = expression.shape[0]
-    return HeadParams(shape=np.zeros((t, 0), np.float32), expression=expression, global_pose=pose[:, 0:3],
-                      neck_pose=pose[:, 3:6], jaw_pose=pose[:, 6:9], eyes_pose=pose[:, 9:15], translation=translation)
+    return HeadParams.from_pose(np.zeros((t, 0), np.float32), expression, pose, translation)
 
 
 def _checked_motion(path: Path, arrays: dict[str, np.ndarray], num_expression: int | None):

@@ -157,3 +157,14 @@ def test_check_params_rejects_bad_input(procedural_head):
         check_params(m, m.zero_params().replace(jaw_pose=jnp.array([jnp.nan, 0.0, 0.0])))
     check_params(m, m.zero_params())
     assert isinstance(m.zero_params(), HeadParams)
+
+
+def test_flat_pose_round_trip():
+    pose = jnp.arange(15.0)
+    p = HeadParams.from_pose(jnp.zeros(3), jnp.zeros(2), pose, jnp.ones(3))
+    assert p.global_pose.tolist() == [0, 1, 2] and p.jaw_pose.tolist() == [6, 7, 8]
+    assert p.eyes_pose.tolist() == list(range(9, 15))
+    assert p.pose_vector().tolist() == pose.tolist()
+    assert p.full_pose()[3].tolist() == [9, 10, 11]  # the left eye is joint 3
+    with pytest.raises(ValueError, match="pose"):
+        HeadParams.from_pose(jnp.zeros(3), jnp.zeros(2), jnp.zeros(14), jnp.ones(3))
