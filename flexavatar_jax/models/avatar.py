@@ -234,7 +234,16 @@ class FlexAvatar:
         return jax.tree.map(lambda x: x[0], avatar)
 
     # ------------------------------------------------------------------ animate
-    def driving_signal(self, shape: Float[Array, " s"], driving: HeadParams) -> Float[Array, "k k e"]:
+    def neutral_map(self, shape: Float[Array, " s"]) -> Float[Array, "k k 3"]:
+        """UV position map of the identity's neutral mesh (shape only): what `subtract_neutral`
+        removes from the driving map."""
+        neutral = self.head.zero_params().replace(shape=shape)
+        return uvt.uv_position_map(self.head, lbs(self.head, neutral).vertices, self.cfg.uv_resolution)
+
+    def driving_signal(self, shape: Float[Array, " s"], driving: HeadParams,
+                       neutral: Float[Array, "k k 3"] | None = None) -> Float[Array, "k k e"]:
+        """The UNet's driving input for one frame; `neutral` (`neutral_map(shape)`) may be passed
+        in when many frames share one identity, so it is computed once."""
         k = self.cfg.uv_resolution
         if self.cfg.driving == "expression_code":
             code = jnp.concatenate([driving.expression, driving.jaw_pose, driving.eyes_pose])
@@ -244,8 +253,7 @@ class FlexAvatar:
                                     translation=jnp.zeros_like(driving.translation))
         pmap = uvt.uv_position_map(self.head, lbs(self.head, canonical).vertices, k)
         if self.cfg.subtract_neutral:
-            neutral = self.head.zero_params().replace(shape=shape)
-            pmap = pmap - uvt.uv_position_map(self.head, lbs(self.head, neutral).vertices, k)
+            pmap = pmap - (self.neutral_map(shape) if neutral is None else neutral)
         return pmap / self.cfg.driving_scale
 
     def animated_maps(self, params: dict, avatar: Avatar, driving: HeadParams) -> Float[Array, "*b k k 14"]:
@@ -257,7 +265,10 @@ class FlexAvatar:
             avatar = jax.tree.map(lambda x: x[None], avatar)
             driving = jax.tree.map(lambda x: x[None, None], driving)
         b, t = driving.expression.shape[:2]
-        signal = jax.vmap(jax.vmap(self.driving_signal, in_axes=(None, 0)))(avatar.shape, driving)
+        # The neutral map depends on the identity only: once per avatar, not once per frame.
+        neutral = (jax.vmap(self.neutral_map)(avatar.shape)
+                   if self.cfg.driving == "position_map" and self.cfg.subtract_neutral else None)
+        signal = jax.vmap(jax.vmap(self.driving_signal, in_axes=(None, 0, None)))(avatar.shape, driving, neutral)
         k = self.cfg.uv_resolution
         ident = jnp.broadcast_to(avatar.identity_features[:, None], (b, t, *avatar.identity_features.shape[1:]))
         deltas = self.net.apply({"params": params}, ident.reshape(b * t, k, k, -1), signal.reshape(b * t, k, k, -1),
