@@ -51,12 +51,13 @@ AVATAR_COMMANDS = ("reconstruct", "animate", "export")
 
 
 def _load_head():
-    from flexavatar_jax.head import flame, procedural
+    """(head model from --head/--uv_obj/--flame_masks, expression names of the procedural head or None)."""
+    from flexavatar_jax.head import load_head, procedural
 
-    if FLAGS.head == "procedural":
-        arrays = procedural.load_procedural_arrays()
-        return procedural.load_procedural_head(), list(arrays["expression_names"])
-    return flame.load_flame(FLAGS.head, FLAGS.uv_obj, masks_pkl=FLAGS.flame_masks), None
+    model = load_head(FLAGS.head, FLAGS.uv_obj, FLAGS.flame_masks)
+    if FLAGS.head in ("", "procedural"):
+        return model, list(procedural.load_procedural_arrays()["expression_names"])
+    return model, None
 
 
 def head_info() -> dict:
@@ -95,7 +96,7 @@ def summary() -> str:
     from flax import traverse_util
 
     from flexavatar_jax.models.avatar import FlexAvatar, parameter_counts
-    from flexavatar_jax.train.inputs import load_head
+    from flexavatar_jax.head import load_head
 
     cfg = _require_config()
     system = FlexAvatar(cfg.model, load_head(cfg.head))

@@ -14,17 +14,6 @@ from flexavatar_jax.data.synthetic import SyntheticConfig, SyntheticWorld, heldo
 from flexavatar_jax.head import HeadModel
 
 
-def load_head(path: str) -> HeadModel:
-    """'' or 'procedural' -> the built-in head; otherwise a FLAME .pkl or converted .npz."""
-    from flexavatar_jax.head import flame, procedural
-
-    if path in ("", "procedural"):
-        return procedural.load_procedural_head()
-    if path.endswith(".npz"):
-        return flame.load_npz(path)
-    return flame.load_flame(path)
-
-
 def make_world(config: ml_collections.ConfigDict, head: HeadModel | None = None) -> SyntheticWorld:
     syn = SyntheticConfig(image_size=config.model.image_size, **config.data.synthetic.to_dict())
     return SyntheticWorld(syn, head)

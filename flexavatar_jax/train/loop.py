@@ -21,6 +21,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from flexavatar_jax.data import media
+from flexavatar_jax.head import load_head
 from flexavatar_jax.models.avatar import FlexAvatar, parameter_counts
 from flexavatar_jax.models.encoder import load_encoder_npz
 from flexavatar_jax.train import avatars, evaluate, inputs, sharding
@@ -77,7 +78,7 @@ class Trainer:
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, devices=None):
         self.config = config
         self.workdir = workdir
-        self.head = inputs.load_head(config.head)
+        self.head = load_head(config.head)
         self.system = FlexAvatar(config.model, self.head)
         self.mesh = sharding.make_mesh(config.mesh, devices)
         self.rules = sharding.rules_of(config)
