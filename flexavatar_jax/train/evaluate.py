@@ -116,7 +116,8 @@ def _params_numpy(p) -> dict[str, np.ndarray]:
     return {f: np.asarray(getattr(p, f), np.float32) for f in PARAM_FIELDS}
 
 
-def _render_one(world: SyntheticWorld, ident, params, viewmat, K, background):
+def render_view(world: SyntheticWorld, ident, params, viewmat, K, background):
+    """Ground truth of one view: (rgb [H,W,3], alpha [H,W,1]) as float32 host arrays."""
     rgb, alpha, _ = world.render(ident, params, viewmat[None], K[None], background[None])
     return np.asarray(rgb[0], np.float32), np.asarray(alpha[0], np.float32)
 
@@ -187,7 +188,7 @@ def _example(world: SyntheticWorld, identity_id: int, driver_id: int, num_views:
                     for f in PARAM_FIELDS}
     for k in range(num_views):
         p = ident.frame_params(*ident.frame_index(int(in_frames[k])))
-        ex["input_images"][k], ex["input_alphas"][k] = _render_one(world, ident, p, in_viewmats[k], in_Ks[k],
+        ex["input_images"][k], ex["input_alphas"][k] = render_view(world, ident, p, in_viewmats[k], in_Ks[k],
                                                                    in_backgrounds[k])
         ex["input_viewmats"][k], ex["input_Ks"][k] = in_viewmats[k], in_Ks[k]
         for f, value in _params_numpy(p).items():
@@ -198,7 +199,7 @@ def _example(world: SyntheticWorld, identity_id: int, driver_id: int, num_views:
         # Cross mode: the driver's whole frame (expression, jaw, eyes, poses, translation) on
         # identity i's shape and appearance.
         p = driver.frame_params(*driver.frame_index(int(frame))).replace(shape=jnp.asarray(ident.shape))
-        rgb, alpha = _render_one(world, ident, p, tgt_viewmats[t], cams.Ks[t], tgt_backgrounds[t])
+        rgb, alpha = render_view(world, ident, p, tgt_viewmats[t], cams.Ks[t], tgt_backgrounds[t])
         images.append(rgb)
         alphas.append(alpha)
         target_params.append(_params_numpy(p))

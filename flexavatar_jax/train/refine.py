@@ -71,9 +71,9 @@ def novel_view_batch(world, row: dict[str, np.ndarray], seed: int) -> dict[str, 
         rng = np.random.default_rng([seed, ident_id, _NOVEL_VIEW_STREAM, i])
         cams = motion.sample_cameras(rng, 1, size, size)
         params = HeadParams(**{f: jnp.asarray(row[f"input_{f}"][0, i]) for f in PARAM_FIELDS})
-        rgb, alpha, _ = world.render(ident, params, cams.viewmats, cams.Ks)
-        images.append(np.asarray(rgb[0]))
-        alphas.append(np.asarray(alpha[0]))
+        rgb, alpha = ev.render_view(world, ident, params, cams.viewmats[0], cams.Ks[0], np.ones(3, np.float32))
+        images.append(rgb)
+        alphas.append(alpha)
         viewmats.append(cams.viewmats[0])
         Ks.append(cams.Ks[0])
     batch.update(target_images=np.stack(images)[None], target_alphas=np.stack(alphas)[None],
