@@ -397,11 +397,6 @@ def _region_masks(masks: dict[str, np.ndarray] | None, faces: np.ndarray, num_ve
 
 
 # --------------------------------------------------------------------------------------------
-# Mirror tables.
-# --------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------
 # Building the HeadModel.
 # --------------------------------------------------------------------------------------------
 
@@ -477,8 +472,8 @@ def flame_model_from_arrays(raw: dict[str, np.ndarray], uv: ObjUVLayout,
     _expect_shape(shapedirs, "shapedirs", (v, 3, None), source)
     # FLAME's posedirs [V,3,36] is used as `offset[v,c] = sum_p posedirs[v,c,p] * feature[p]`
     # with feature = (R_1..R_4 - I) flattened row-major, joint-major — SMPL's convention (the
-    # reference code reshapes it to [V*3,36] and multiplies by the same feature). lbs.py computes
-    # exactly einsum("vcp,p", posedirs, (R[1:] - I).reshape(-1)), so it is kept as stored.
+    # reference code reshapes it to [V*3,36] and multiplies by the same feature). `skinning.lbs`
+    # computes exactly einsum("vcp,p", posedirs, (R[1:] - I).reshape(-1)), so it is kept as stored.
     posedirs = raw["posedirs"]
     _expect_shape(posedirs, "posedirs", (v, 3, NUM_POSE_FEATURES), source)
     j_regressor = raw["J_regressor"]

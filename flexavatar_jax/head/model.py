@@ -159,6 +159,10 @@ jax.tree_util.register_dataclass(
 )
 
 
+# Length of the flat pose vector (= 15): axis-angle global 3, neck 3, jaw 3, eyes 6 (left, right).
+POSE_SIZE = 3 * NUM_JOINTS
+
+
 @dataclasses.dataclass(frozen=True)
 class HeadParams:
     """FLAME-compatible head parameters; any leading batch shape `...`.
@@ -182,15 +186,15 @@ class HeadParams:
 
     @classmethod
     def from_pose(cls, shape, expression, pose, translation) -> "HeadParams":
-        """Split a flat `pose [...,15]` (axis-angle in `JOINT_NAMES` order: global, neck, jaw, left
-        eye, right eye) into the per-joint fields; the inverse of `pose_vector`."""
-        if pose.shape[-1] != 3 * NUM_JOINTS:
-            raise ValueError(f"pose must be [..., {3 * NUM_JOINTS}] (global, neck, jaw, eyes), got {tuple(pose.shape)}")
+        """Split a flat `pose [...,POSE_SIZE]` (axis-angle in `JOINT_NAMES` order: global, neck, jaw,
+        left eye, right eye) into the per-joint fields; the inverse of `pose_vector`."""
+        if pose.shape[-1] != POSE_SIZE:
+            raise ValueError(f"pose must be [..., {POSE_SIZE}] (global, neck, jaw, eyes), got {tuple(pose.shape)}")
         return cls(shape=shape, expression=expression, global_pose=pose[..., 0:3], neck_pose=pose[..., 3:6],
-                   jaw_pose=pose[..., 6:9], eyes_pose=pose[..., 9:15], translation=translation)
+                   jaw_pose=pose[..., 6:9], eyes_pose=pose[..., 9:POSE_SIZE], translation=translation)
 
-    def pose_vector(self) -> Float[Array, "*b 15"]:
-        """The flat pose `[...,15]` that `from_pose` splits."""
+    def pose_vector(self) -> Float[Array, f"*b {POSE_SIZE}"]:
+        """The flat pose `[...,POSE_SIZE]` that `from_pose` splits."""
         return jnp.concatenate([self.global_pose, self.neck_pose, self.jaw_pose, self.eyes_pose], axis=-1)
 
     def full_pose(self) -> Float[Array, "*b 5 3"]:

@@ -17,8 +17,7 @@ import pytest
 import scipy.sparse
 from scipy.spatial.transform import Rotation
 
-from flexavatar_jax.head import flame, mesh_ops
-from flexavatar_jax.head.lbs import lbs
+from flexavatar_jax.head import flame, lbs, mesh_ops
 from flexavatar_jax.head.model import FLAME_PARENTS, REGION_NAMES
 
 NUM_COMPONENTS = 400
@@ -335,7 +334,7 @@ def test_lbs_zero_pose_is_template_plus_blendshapes(fake, model):
 
 def _reference_flame_lbs(raw, shape, expr, pose, translation):
     """FLAME forward pass written on the file's own layout (shapedirs 300+E, posedirs flattened
-    to [36, V*3] as FLAME's reference code does), independent of lbs.py."""
+    to [36, V*3] as FLAME's reference code does), independent of skinning.py."""
     v_template, weights = raw["v_template"], raw["weights"]
     betas = np.concatenate([shape, np.zeros(300 - len(shape)), expr])
     shapedirs = raw["shapedirs"][..., :300 + len(expr)]

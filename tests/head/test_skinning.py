@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from flexavatar_jax.head import HeadParams, lbs, rodrigues
-from flexavatar_jax.head.lbs import blend_shapes
+from flexavatar_jax.head import HeadParams, blend_shapes, lbs, rodrigues
 
 
 def _skew(w):
