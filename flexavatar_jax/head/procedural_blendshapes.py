@@ -64,7 +64,7 @@ def _rigid_eyes(f: _Fields, d: np.ndarray, scale_about_center: float = 0.0) -> n
         rigid = d[m].mean(0)
         d[m] = rigid + scale_about_center * (f.v[m] - c)
         dist = np.linalg.norm(f.v - c, axis=-1)
-        follow = (1.0 - pg._smoothstep(pg.EYE_RADIUS + 0.004, pg.EYE_RADIUS + 0.016, dist)) * f.skin
+        follow = (1.0 - pg.smoothstep(pg.EYE_RADIUS + 0.004, pg.EYE_RADIUS + 0.016, dist)) * f.skin
         target = rigid + scale_about_center * (f.v - c)
         d = d + follow[:, None] * (target - d)
     return d
@@ -72,7 +72,7 @@ def _rigid_eyes(f: _Fields, d: np.ndarray, scale_about_center: float = 0.0) -> n
 
 def shape_fields(f: _Fields, rng: np.random.Generator) -> list[tuple[str, np.ndarray]]:
     v, x, y, z = f.v, f.v[:, 0], f.v[:, 1], f.v[:, 2]
-    head = pg._smoothstep(-0.16, -0.09, y)
+    head = pg.smoothstep(-0.16, -0.09, y)
     eye_c = pg.EYE_CENTER
     mouth_c = np.array([0.0, pg.MOUTH_Y, 0.08])
     chin = np.array([0.0, -0.088, 0.07])
@@ -84,9 +84,9 @@ def shape_fields(f: _Fields, rng: np.random.Generator) -> list[tuple[str, np.nda
     add("head_width", np.stack([0.05 * x * head, 0 * x, 0 * x], -1))
     add("head_height", np.stack([0 * x, 0.04 * y * head, 0 * x], -1))
     add("head_depth", np.stack([0 * x, 0 * x, 0.04 * (z + 0.01) * head], -1))
-    add("cranium_size", 0.004 * f.n * pg._smoothstep(0.03, 0.09, y)[:, None])
-    add("forehead_slope", f.vec(pg._smoothstep(0.045, 0.12, y) * (z > 0.0), [0, 0, -0.006]))
-    jaw_zone = pg._smoothstep(-0.02, -0.06, y) * pg._smoothstep(-0.03, 0.01, z) * head
+    add("cranium_size", 0.004 * f.n * pg.smoothstep(0.03, 0.09, y)[:, None])
+    add("forehead_slope", f.vec(pg.smoothstep(0.045, 0.12, y) * (z > 0.0), [0, 0, -0.006]))
+    jaw_zone = pg.smoothstep(-0.02, -0.06, y) * pg.smoothstep(-0.03, 0.01, z) * head
     add("jaw_width", np.stack([0.08 * x * jaw_zone, 0 * x, 0 * x], -1))
     add("chin_length", f.vec(f.gauss(chin, 0.025), [0, -0.005, 0.0]))
     add("chin_protrusion", f.vec(f.gauss(chin, 0.025), [0, 0, 0.005]))
@@ -114,9 +114,9 @@ def shape_fields(f: _Fields, rng: np.random.Generator) -> list[tuple[str, np.nda
     add("ear_size", 0.12 * (v - ear_c) * ear[:, None])
     add("ear_protrusion", np.stack([f.sign * 0.003 * ear * np.clip((np.abs(x) - 0.07) / 0.01, 0, 2), 0 * x, 0 * x], -1))
     add("ear_height", f.vec(ear, [0, 0.004, 0]))
-    neck = pg._smoothstep(-0.07, -0.12, y) * f.skin
+    neck = pg.smoothstep(-0.07, -0.12, y) * f.skin
     add("neck_width", 0.1 * np.stack([x, 0 * x, z - pg.AXIS_Z], -1) * neck[:, None])
-    lower_face = pg._smoothstep(0.0, -0.03, y) * pg._smoothstep(-0.13, -0.10, y) * pg._smoothstep(-0.02, 0.02, z)
+    lower_face = pg.smoothstep(0.0, -0.03, y) * pg.smoothstep(-0.13, -0.10, y) * pg.smoothstep(-0.02, 0.02, z)
     add("face_length", f.vec(lower_face * np.clip(-y / 0.09, 0, 1.2), [0, -0.006, 0]))
     add("temple_width", f.paired([0.066, 0.05, 0.02], 0.025, [0.003, 0, 0]))
     add("occiput", f.vec(f.gauss([0.0, 0.02, -0.115], 0.04), [0, 0, -0.005]))
@@ -168,10 +168,10 @@ def _close_lid(f: _Fields, side: float, lower_only: bool = False, strength: floa
     near = f.gauss(c + [0.0, 0.0, 0.012], 0.011) * f.skin * (f.v[:, 0] * side > 0)
     near = np.clip(1.6 * near, 0.0, 1.0)
     if lower_only:
-        near = near * pg._smoothstep(c[1] + 0.003, c[1] - 0.004, f.v[:, 1])
+        near = near * pg.smoothstep(c[1] + 0.003, c[1] - 0.004, f.v[:, 1])
     d = (target - f.v) * (near * strength)[:, None]
     # The upper lid slides down as it closes.
-    upper = pg._smoothstep(c[1] - 0.002, c[1] + 0.008, f.v[:, 1]) * near
+    upper = pg.smoothstep(c[1] - 0.002, c[1] + 0.008, f.v[:, 1]) * near
     return d + f.vec(upper * strength * (0 if lower_only else 1), [0, -0.0025, 0])
 
 
@@ -238,9 +238,9 @@ def expression_fields(f: _Fields, rng: np.random.Generator) -> list[tuple[str, n
         + np.stack([0.12 * f.v[:, 0] * (w_bare_u + w_bare_l), 0 * w_m, 0 * w_m], -1))
     add("jaw_forward", f.vec(f.lower * f.skin, [0, 0, 0.005]))
     tongue = (f.part == 8).astype(np.float64)
-    tip = pg._smoothstep(0.03, 0.066, f.v[:, 2]) * tongue
+    tip = pg.smoothstep(0.03, 0.066, f.v[:, 2]) * tongue
     add("tongue_out", f.vec(tip, [0, 0.002, 0.02]))
-    add("neck_tense", 0.002 * f.n * (pg._smoothstep(-0.09, -0.12, f.v[:, 1]) * (f.v[:, 2] > 0.0))[:, None])
+    add("neck_tense", 0.002 * f.n * (pg.smoothstep(-0.09, -0.12, f.v[:, 1]) * (f.v[:, 2] > 0.0))[:, None])
     # Residual local detail over the face skin.
     face_ids = np.nonzero(f.skin & (f.v[:, 2] > 0.03) & (f.v[:, 1] > -0.11))[0]
     for k, (c, r) in enumerate(_spaced_centres(f, face_ids, [0.016, 0.012], 64 - len(out), rng)):

@@ -120,19 +120,6 @@ def _profile_rays(t, phi):
     return origin, d
 
 
-@dataclasses.dataclass
-class Part:
-    """One mesh component with its own UV chart (numpy, float64)."""
-
-    name: str
-    vertices: np.ndarray  # [v,3]
-    faces: np.ndarray  # [f,3]
-    uv: np.ndarray  # [t,2]
-    faces_uv: np.ndarray  # [f,3]
-    vertex_regions: np.ndarray  # [v] int bit mask
-    mirror: np.ndarray  # [v] local mirror index (within the part or its twin, see assemble)
-
-
 def _grid_faces(rows, cols, idx, periodic=True, split=None):
     """Triangulate a rows x cols vertex grid `idx[r, c]`; quads on the left half (c < split) use
     one diagonal and the right half the mirrored one, so the triangulation is mirror-symmetric."""
@@ -245,8 +232,7 @@ def build_skin():
     mirror[pole_id] = pole_id
     for c, t in twin.items():
         mirror[t] = twin[(N_COLS - c) % N_COLS]
-    info = dict(mouth_row=mouth_row, slit_cols=slit_cols, twin_ids=np.array(list(twin.values())),
-                grid_idx=idx, pole_id=pole_id, phi=phi)
+    info = dict(twin_ids=np.array(list(twin.values())), grid_idx=idx)
     return vertices, faces, uv, faces_uv, mirror, info
 
 
@@ -494,7 +480,8 @@ def _skin_regions(v, info):
 
 
 # --- joints and skinning ----------------------------------------------------------------------
-def _smoothstep(e0, e1, x):
+def smoothstep(e0, e1, x):
+    """Cubic Hermite step: 0 at `x <= e0`, 1 at `x >= e1`, C¹ in between (`e0 > e1` steps down)."""
     t = np.clip((x - e0) / (e1 - e0), 0.0, 1.0)
     return t * t * (3 - 2 * t)
 
@@ -536,13 +523,13 @@ def joints_and_weights(g: Geometry):
     # Skinning weights.
     w = np.zeros((len(v), 5))
     x, y, z = v[:, 0], v[:, 1], v[:, 2]
-    head = _smoothstep(-0.175, -0.105, y)
+    head = smoothstep(-0.175, -0.105, y)
     ax = np.abs(x)
-    jaw_face = _smoothstep(MOUTH_Y + 0.002, MOUTH_Y - 0.014, y)
-    in_mouth = 1.0 - _smoothstep(MOUTH_HALF_WIDTH - 0.003, MOUTH_HALF_WIDTH + 0.014, ax)
+    jaw_face = smoothstep(MOUTH_Y + 0.002, MOUTH_Y - 0.014, y)
+    in_mouth = 1.0 - smoothstep(MOUTH_HALF_WIDTH - 0.003, MOUTH_HALF_WIDTH + 0.014, ax)
     below = (y < MOUTH_Y - 1e-9).astype(np.float64)
     j = in_mouth * below + (1 - in_mouth) * jaw_face
-    j *= _smoothstep(-0.005, 0.035, z) * _smoothstep(-0.128, -0.100, y + 0.25 * np.maximum(z - 0.05, 0))
+    j *= smoothstep(-0.005, 0.035, z) * smoothstep(-0.128, -0.100, y + 0.25 * np.maximum(z - 0.05, 0))
     j = np.where(skin, j, 0.0)
     j[info["twin_ids"]] = 1.0
     w[:, 0] = np.where(skin, 1.0 - head, 0.0)
@@ -554,7 +541,7 @@ def joints_and_weights(g: Geometry):
     w[part == 6, :] = [0, 1, 0, 0, 0]  # upper teeth
     w[(part == 7) | (part == 8), :] = [0, 0, 1, 0, 0]  # lower teeth, tongue
     cav = part == 5
-    jc = _smoothstep(MOUTH_Y + 0.003, MOUTH_Y - 0.006, y[cav])
+    jc = smoothstep(MOUTH_Y + 0.003, MOUTH_Y - 0.006, y[cav])
     w[cav, 1] = 1.0 - jc
     w[cav, 2] = jc
     # Symmetrise weights exactly (the left/right eye columns swap under the mirror).
