@@ -1,1 +1,2 @@
-"""Flax Linen models (filled by the model issue) and Gaussian assembly from UV maps (`gaussians`)."""
+"""Flax Linen models: ViT encoder, lifters (structured head queries, Dual-UV, symmetric), UV decoder,
+deformation UNet, Gaussian assembly and the `FlexAvatar` avatar API."""
