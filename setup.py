@@ -87,7 +87,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.12",
-    packages=find_packages(include=["flexavatar_jax", "flexavatar_jax.*"]),
+    # configs/ stays at the top of the checkout (`--config configs/flexavatar.py:tiny`) and is also
+    # importable as `flexavatar_jax.configs` (`from flexavatar_jax.configs import flexavatar`).
+    packages=find_packages(include=["flexavatar_jax", "flexavatar_jax.*"]) + ["flexavatar_jax.configs"],
+    package_dir={"flexavatar_jax.configs": "configs"},
     package_data={"flexavatar_jax": ["head/README.md"]},
     install_requires=[
         "jax>=0.11,<0.13",
