@@ -1,9 +1,9 @@
 """The avatar API: reconstruct once, animate many times, render from anywhere.
 
     system = FlexAvatar(config.model, head)           # static: network, sampling layout, masks
-    params = system.init(key)                         # plain param pytree
+    params = system.init(key)                         # boxed param pytree (nn.meta.unbox -> plain)
     avatar = system.reconstruct(params, images)       # 1–4 views [v,H,W,3] -> Avatar (a pytree)
-    gaussians = system.animate(params, avatar, expression, pose, translation)
+    gaussians = system.animate(params, avatar, frame) # frame: HeadParams of one driving frame
     rgb, alpha = system.render(gaussians, viewmats, Ks)
 
 Each of the three is a pure function of its arguments (jit them separately: `jax.jit(system.animate)`).
@@ -24,67 +24,47 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from jaxtyping import Array, Float
 
+from flexavatar_jax.config import ModelConfig
 from flexavatar_jax.head import HeadModel, HeadParams, lbs
 from flexavatar_jax.head import uv as uvt
 from flexavatar_jax.models import gaussians as gauss
 from flexavatar_jax.models.attention import MLP, Dtype, dense
 from flexavatar_jax.models.encoder import ViTEncoder
-from flexavatar_jax.models.head_queries import StructuredHeadQueries
+from flexavatar_jax.models.lifters import NEEDS_CAMERAS, check_lifter_type, make_lifter
 from flexavatar_jax.models.unet import DeformationUNet
-from flexavatar_jax.models.uv_decoder import AttributeActivation, UVDecoder
-from flexavatar_jax.models.views import MAX_VIEWS, InputViews
+from flexavatar_jax.models.uv_decoder import NUM_ATTRIBUTES, AttributeActivation, UVDecoder
+from flexavatar_jax.models.views import MAX_INPUTS, InputViews
 from flexavatar_jax.render import rasterize
 
 RECONSTRUCTION_KEYS = ("encoder", "lifter", "decoder", "shape_head")
-LIFTERS = ("queries", "dual_uv", "symmetric")
 
 
 @dataclasses.dataclass(frozen=True)
 class Avatar:
     """A reconstructed identity (any leading batch shape `...`): `raw_maps [...,K,K,14]` (static
     Gaussian attributes before activation, see `uv_decoder`), `identity_features [...,K,K,C]`
-    (F_id, the UNet's identity input), `shape [...,S]` (head-model shape coefficients)."""
+    (F_id, the UNet's identity input), `shape_coeffs [...,S]` (the head model's shape coefficients)."""
 
-    raw_maps: Float[Array, "*b k k 14"]
+    raw_maps: Float[Array, f"*b k k {NUM_ATTRIBUTES}"]
     identity_features: Float[Array, "*b k k c"]
-    shape: Float[Array, "*b s"]
+    shape_coeffs: Float[Array, "*b s"]
 
 
-jax.tree_util.register_dataclass(Avatar, data_fields=["raw_maps", "identity_features", "shape"], meta_fields=[])
+jax.tree_util.register_dataclass(Avatar, data_fields=["raw_maps", "identity_features", "shape_coeffs"],
+                                 meta_fields=[])
 
 
 def _dtype(name: str) -> Dtype:
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
 
-def make_lifter(cfg: ml_collections.ConfigDict, head: HeadModel, dtype: Dtype) -> nn.Module:
-    lc = cfg.lifter
-    if cfg.lifter_type == "queries":
-        return StructuredHeadQueries(head=head, grid=cfg.grid, width=lc.width, num_heads=lc.num_heads,
-                                     global_depth=lc.global_depth, cross_depth=lc.depth,
-                                     fourier_frequencies=lc.fourier_frequencies, dtype=dtype, name="lifter")
-    if cfg.lifter_type == "dual_uv":
-        from flexavatar_jax.models.dual_uv import DualUVLifter
-
-        return DualUVLifter(head=head, grid=cfg.grid, num_heads=lc.num_heads, depth=lc.depth, width=lc.width,
-                            fourier_frequencies=lc.fourier_frequencies, dtype=dtype, name="lifter")
-    if cfg.lifter_type == "symmetric":
-        from flexavatar_jax.models.symmetric import SymmetricUVLifter
-
-        return SymmetricUVLifter(head=head, grid=cfg.grid, num_heads=lc.num_heads, depth=lc.depth, width=lc.width,
-                                 window=lc.window, fourier_frequencies=lc.fourier_frequencies, dtype=dtype,
-                                 name="lifter")
-    raise ValueError(f"unknown lifter {cfg.lifter_type!r}: use one of {LIFTERS}")
-
-
 class FlexAvatarNet(nn.Module):
     """The trainable network. `reconstruct` and `deform` are its two entry points (`method=`)."""
 
-    cfg: ml_collections.ConfigDict
+    cfg: ModelConfig
     head: HeadModel
 
     def setup(self):
@@ -92,7 +72,7 @@ class FlexAvatarNet(nn.Module):
         dtype = _dtype(cfg.compute_dtype)
         e = cfg.encoder
         self.encoder = ViTEncoder(e.patch_size, e.width, e.depth, e.num_heads, dtype=dtype)
-        self.lifter = make_lifter(cfg, self.head, dtype)
+        self.lifter = make_lifter(cfg.lifter_type, cfg.lifter, self.head, cfg.grid, dtype)
         self.decoder = UVDecoder(cfg.uv_resolution, cfg.decoder.channels, cfg.decoder.id_channels,
                                  activation=activation_of(cfg), dtype=dtype)
         if cfg.shape_head:
@@ -110,7 +90,7 @@ class FlexAvatarNet(nn.Module):
 
     def deform(self, identity_features: Array, driving: Array) -> Array:
         if not self.cfg.unet.enabled:
-            return jnp.zeros((*identity_features.shape[:-1], 14), jnp.float32)
+            return jnp.zeros((*identity_features.shape[:-1], NUM_ATTRIBUTES), jnp.float32)
         return self.unet(identity_features, driving)
 
     def __call__(self, views: InputViews, driving: Array, train: bool = False):
@@ -139,7 +119,7 @@ def rbg_key(key: Array) -> Array:
     return jax.random.wrap_key_data(data.astype(jnp.uint32), impl="rbg")
 
 
-def activation_of(cfg: ml_collections.ConfigDict) -> AttributeActivation:
+def activation_of(cfg: ModelConfig) -> AttributeActivation:
     return AttributeActivation(init_opacity=cfg.init_opacity, init_scale=cfg.init_scale,
                                offset_scale=cfg.offset_scale)
 
@@ -147,16 +127,16 @@ def activation_of(cfg: ml_collections.ConfigDict) -> AttributeActivation:
 class FlexAvatar:
     """Static pieces (network definition, Gaussian layout, UV masks) + the pure API functions."""
 
-    def __init__(self, cfg: ml_collections.ConfigDict, head: HeadModel):
-        if cfg.lifter_type not in LIFTERS:
-            raise ValueError(f"unknown lifter {cfg.lifter_type!r}: use one of {LIFTERS}")
-        if cfg.driving not in ("position_map", "expression_code"):
-            raise ValueError(f"model.driving must be position_map or expression_code, got {cfg.driving!r}")
+    def __init__(self, cfg: ModelConfig, head: HeadModel):
+        if not isinstance(cfg, ModelConfig):
+            raise TypeError(f"FlexAvatar takes a config.ModelConfig (Config.from_dict(...).model), got "
+                            f"{type(cfg).__name__}")
+        check_lifter_type(cfg.lifter_type)
         self.cfg = cfg
         self.head = head
         self.net = FlexAvatarNet(cfg, head)
         self.activation = activation_of(cfg)
-        dense_regions = {k: int(v) for k, v in dict(cfg.dense_regions).items()}
+        dense_regions = {k: int(v) for k, v in cfg.dense_regions.items()}
         self.layout = gauss.make_layout(head, cfg.uv_resolution, dense_regions or None)
         self.dynamic_uv_mask = uvt.uv_region_mask(head, cfg.uv_resolution, *gauss.DYNAMIC_REGIONS)
         self.uv_valid = uvt.texel_table(head, cfg.uv_resolution).valid
@@ -176,7 +156,7 @@ class FlexAvatar:
             return 3
         return self.head.num_expression + 9
 
-    def example_views(self, batch: int = 1, num_views: int = MAX_VIEWS, annotated: bool = False) -> InputViews:
+    def example_views(self, batch: int = 1, num_views: int = MAX_INPUTS, annotated: bool = False) -> InputViews:
         s = self.cfg.image_size
         images = jnp.zeros((batch, num_views, s, s, 3), jnp.float32)
         mask = jnp.ones((batch, num_views), bool)
@@ -188,7 +168,7 @@ class FlexAvatar:
         return InputViews(images, mask, eye, K, params)
 
     def needs_cameras(self) -> bool:
-        return self.cfg.lifter_type != "queries"
+        return self.cfg.lifter_type in NEEDS_CAMERAS
 
     def init(self, key: Array, batch: int = 1) -> dict:
         """Boxed (logically partitioned) params; `nn.meta.unbox` gives the plain pytree.
@@ -197,7 +177,7 @@ class FlexAvatar:
         threefry draw per parameter shape in ~0.6 s, which made the tiny model's init take 30+ s."""
         key = rbg_key(key)
         k = self.cfg.uv_resolution
-        views = self.example_views(batch, MAX_VIEWS, annotated=self.needs_cameras())
+        views = self.example_views(batch, MAX_INPUTS, annotated=self.needs_cameras())
         driving = jnp.zeros((batch, k, k, self.driving_channels))
         return jax.jit(self.net.init)(key, views, driving)["params"]
 
@@ -207,30 +187,32 @@ class FlexAvatar:
         if images.ndim < 4 or images.shape[-3:] != (s, s, 3):
             raise ValueError(f"input images must be [..., {s}, {s}, 3] (model.image_size={s}), got {images.shape}")
 
-    def reconstruct_views(self, params: dict, views: InputViews, shape: Float[Array, "b s"] | None = None,
+    def reconstruct_views(self, params: dict, views: InputViews, shape_coeffs: Float[Array, "b s"] | None = None,
                           train: bool = False) -> Avatar:
-        """Batched reconstruction from padded views (the training path)."""
+        """Batched reconstruction from padded views (training, evaluation and `reconstruct`).
+        `shape_coeffs`: known shape coefficients, else the shape head's prediction, else 0."""
         self.check_images(views.images)
         identity, raw, predicted = self.net.apply({"params": params}, views, train, method=FlexAvatarNet.reconstruct)
-        if shape is None:
-            shape = predicted if predicted is not None else jnp.zeros((raw.shape[0], self.head.num_shape), jnp.float32)
-        return Avatar(raw, identity, shape)
+        if shape_coeffs is None:
+            shape_coeffs = (predicted if predicted is not None
+                            else jnp.zeros((raw.shape[0], self.head.num_shape), jnp.float32))
+        return Avatar(raw, identity, shape_coeffs)
 
     def reconstruct(self, params: dict, images: Float[Array, "v h w 3"], *, viewmats=None, Ks=None,
-                    tracked: HeadParams | None = None, shape: Float[Array, " s"] | None = None) -> Avatar:
+                    tracked: HeadParams | None = None, shape_coeffs: Float[Array, " s"] | None = None) -> Avatar:
         """One avatar from 1–4 views `images [v,H,W,3]` in [0,1]. Cameras (`viewmats [v,4,4]`,
         `Ks [v,3,3]`) and tracked head params (leading [v]) are only read by the projection
-        lifters. `shape`: known shape coefficients (else the shape head's prediction, else 0)."""
+        lifters. `shape_coeffs`: known shape coefficients (else the shape head's prediction, else 0)."""
         self.check_images(images)
         v = images.shape[0]
-        if not 1 <= v <= MAX_VIEWS:
-            raise ValueError(f"need 1 to {MAX_VIEWS} input views, got {v}")
+        if not 1 <= v <= MAX_INPUTS:
+            raise ValueError(f"need 1 to {MAX_INPUTS} input views, got {v}")
         # No padding: the token count follows the view count (one compile per count), so a
         # single-view reconstruction does not pay for four encoder passes.
         add = lambda x: None if x is None else x[None]  # noqa: E731
         views = InputViews(images[None], jnp.ones((1, v), bool), add(viewmats), add(Ks),
                            None if tracked is None else jax.tree.map(add, tracked))
-        avatar = self.reconstruct_views(params, views, None if shape is None else shape[None])
+        avatar = self.reconstruct_views(params, views, None if shape_coeffs is None else shape_coeffs[None])
         return jax.tree.map(lambda x: x[0], avatar)
 
     # ------------------------------------------------------------------ animate
@@ -256,46 +238,65 @@ class FlexAvatar:
             pmap = pmap - (self.neutral_map(shape) if neutral is None else neutral)
         return pmap / self.cfg.driving_scale
 
-    def animated_maps(self, params: dict, avatar: Avatar, driving: HeadParams) -> Float[Array, "*b k k 14"]:
-        """Raw attribute maps under driving params; `avatar` leaves have leading [b] and `driving`
-        leading [b, t] (t frames per avatar), or both unbatched. UNet deltas only inside the
-        dynamic-region UV mask."""
-        unbatched = avatar.raw_maps.ndim == 3
-        if unbatched:
-            avatar = jax.tree.map(lambda x: x[None], avatar)
-            driving = jax.tree.map(lambda x: x[None, None], driving)
+    def animated_maps(self, params: dict, avatar: Avatar,
+                      driving: HeadParams) -> Float[Array, f"b t k k {NUM_ATTRIBUTES}"]:
+        """Raw attribute maps of `b` avatars (leaves with leading [b]) under `t` driving frames each
+        (`driving` leaves with leading [b, t]; their `shape` is used as given). UNet deltas only
+        inside the dynamic-region UV mask."""
         b, t = driving.expression.shape[:2]
         # The neutral map depends on the identity only: once per avatar, not once per frame.
-        neutral = (jax.vmap(self.neutral_map)(avatar.shape)
+        neutral = (jax.vmap(self.neutral_map)(avatar.shape_coeffs)
                    if self.cfg.driving == "position_map" and self.cfg.subtract_neutral else None)
-        signal = jax.vmap(jax.vmap(self.driving_signal, in_axes=(None, 0, None)))(avatar.shape, driving, neutral)
+        signal = jax.vmap(jax.vmap(self.driving_signal, in_axes=(None, 0, None)))(avatar.shape_coeffs, driving,
+                                                                                  neutral)
         k = self.cfg.uv_resolution
         ident = jnp.broadcast_to(avatar.identity_features[:, None], (b, t, *avatar.identity_features.shape[1:]))
         deltas = self.net.apply({"params": params}, ident.reshape(b * t, k, k, -1), signal.reshape(b * t, k, k, -1),
                                 method=FlexAvatarNet.deform).reshape(b, t, k, k, -1)
-        maps = avatar.raw_maps[:, None] + deltas * jnp.asarray(self.dynamic_uv_mask[..., None], deltas.dtype)
-        return maps[0, 0] if unbatched else maps
+        return avatar.raw_maps[:, None] + deltas * jnp.asarray(self.dynamic_uv_mask[..., None], deltas.dtype)
 
-    def gaussians_from_maps(self, raw_maps: Float[Array, "k k 14"], driving: HeadParams) -> dict[str, Array]:
+    def gaussians_from_maps(self, raw_maps: Float[Array, f"k k {NUM_ATTRIBUTES}"],
+                            driving: HeadParams) -> dict[str, Array]:
         """Posed Gaussians (the arrays `rasterize` takes) of one frame from its raw maps."""
         attrs = self.activation(gauss.gather_texels(self.layout, raw_maps))
         return gauss.assemble(self.layout, self.head, driving, **attrs)
 
-    def animate(self, params: dict, avatar: Avatar, expression: Float[Array, " e"], pose: Float[Array, " 15"],
-                translation: Float[Array, " 3"]) -> dict[str, Array]:
-        """Gaussians of `avatar` (unbatched) under one frame of driving parameters: `expression
-        [E]`, `pose [15]` axis-angle (global, neck, jaw, left eye, right eye), `translation [3]` m."""
-        driving = self.driving_params(avatar.shape, expression, pose, translation)
-        return self.gaussians_from_maps(self.animated_maps(params, avatar, driving), driving)
+    def animate(self, params: dict, avatar: Avatar, frame: HeadParams) -> dict[str, Array]:
+        """Gaussians of `avatar` (unbatched) under one driving `frame` (`HeadParams` without a
+        leading axis: expression, jaw/eye pose, global/neck pose, translation in metres). The
+        frame's `shape` is ignored: the avatar keeps its own (`driving_frame`)."""
+        driving = self.driving_frame(avatar, frame)
+        one = lambda x: x[None]  # noqa: E731 - a batch of one avatar driven by one frame
+        maps = self.animated_maps(params, jax.tree.map(one, avatar), jax.tree.map(lambda x: x[None, None], driving))
+        return self.gaussians_from_maps(maps[0, 0], driving)
 
-    def driving_params(self, shape, expression, pose, translation) -> HeadParams:
-        if expression.shape[-1] != self.head.num_expression:
-            raise ValueError(f"expression has {expression.shape[-1]} entries, {self.head.name} expects "
-                             f"{self.head.num_expression}")
-        if pose.shape[-1] != 15 or translation.shape[-1] != 3:
-            raise ValueError(f"pose must be [...,15] and translation [...,3], got {pose.shape}, {translation.shape}")
-        return HeadParams.from_pose(jnp.broadcast_to(shape, (*expression.shape[:-1], shape.shape[-1])), expression,
-                                    pose, translation)
+    def driving_frame(self, avatar: Avatar, frame: HeadParams) -> HeadParams:
+        """`frame` with the avatar's shape coefficients; ValueError for a frame of another head model."""
+        e = self.head.num_expression
+        if frame.expression.shape[-1:] != (e,):
+            raise ValueError(f"the driving frame has {frame.expression.shape[-1:]} expression coefficients, "
+                             f"{self.head.name} expects {e}")
+        shape = avatar.shape_coeffs
+        return frame.replace(shape=jnp.broadcast_to(shape, (*frame.expression.shape[:-1], shape.shape[-1])))
+
+    def check_avatar(self, avatar: Avatar) -> None:
+        """ValueError naming every array of an unbatched `avatar` that does not fit this system (UV
+        resolution K, identity-feature channels, shape size S)."""
+        k, c, s = self.cfg.uv_resolution, self.cfg.decoder.id_channels, self.head.num_shape
+        raw, ident, shape = (tuple(np.shape(x)) for x in (avatar.raw_maps, avatar.identity_features,
+                                                          avatar.shape_coeffs))
+        problems = []
+        if raw != (k, k, NUM_ATTRIBUTES):
+            problems.append(f"raw_maps is {list(raw)} but the system's UV resolution K (model.uv_resolution) is {k}, "
+                            f"expecting {[k, k, NUM_ATTRIBUTES]}")
+        if ident != (k, k, c):
+            problems.append(f"identity_features is {list(ident)} but the system expects {[k, k, c]} "
+                            f"(K={k}, channels model.decoder.id_channels={c})")
+        if shape != (s,):
+            problems.append(f"shape_coeffs is {list(shape)} but the head model {self.head.name!r} has S={s} shape "
+                            "coefficients")
+        if problems:
+            raise ValueError("avatar does not match the model: " + "; ".join(problems))
 
     # ------------------------------------------------------------------ render
     def render(self, gaussians: dict[str, Array], viewmats: Float[Array, "v 4 4"], Ks: Float[Array, "v 3 3"],

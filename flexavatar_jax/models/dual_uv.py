@@ -16,29 +16,22 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from flexavatar_jax.head import HeadModel
 from flexavatar_jax.models import uv_projection as uvp
-from flexavatar_jax.models.attention import Dtype, SelfAttentionBlock, constrain_tokens, dense, layer_norm
-from flexavatar_jax.models.views import InputViews, require
+from flexavatar_jax.models.attention import SelfAttentionBlock, constrain_tokens, dense, layer_norm
+from flexavatar_jax.models.views import InputViews, Lifter, require
 
 _UV_AXES = ("batch", "uv_h", "uv_w", "embed")
 
 
-class DualUVLifter(nn.Module):
-    """`(patch_tokens [b,v,hp,wp,d_in], views, train) -> uv_tokens [b,G,G,width]`.
+class DualUVLifter(Lifter):
+    """`(patch_tokens [b,v,hp,wp,d_in], views, train) -> uv_tokens [b,G,G,width]`; `depth` MAE in-fill
+    transformer blocks over the G² texels.
 
     Needs `views.viewmats`, `views.Ks` and `views.params` (raises ValueError naming the missing).
-    Config attributes: `head`, `grid` (G), `num_heads`, `depth` (transformer blocks), `width`
-    (default: the patch-token width d_in);
-    projection knobs `oversample`, `kernel_radius` (texels), `shell_offset` (metres),
+    Projection knobs: `oversample`, `kernel_radius` (texels), `shell_offset` (metres),
     `shell_grid` (default G//2, at least 1), `depth_tolerance` (metres),
     `zbuffer_cells_per_patch`, and `coverage_threshold` below which a texel is a mask token."""
 
-    head: HeadModel
-    grid: int
-    num_heads: int
-    depth: int = 2
-    width: int | None = None
     oversample: int = 2
     kernel_radius: float = 1.0
     shell_offset: float = uvp.DEFAULT_SHELL_OFFSET
@@ -46,9 +39,6 @@ class DualUVLifter(nn.Module):
     depth_tolerance: float = uvp.DEFAULT_DEPTH_TOLERANCE
     zbuffer_cells_per_patch: int = 1
     coverage_threshold: float = 0.05
-    fourier_frequencies: int = 6
-    mlp_ratio: float = 4.0
-    dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, patch_tokens: Float[Array, "b v hp wp d"], views: InputViews,

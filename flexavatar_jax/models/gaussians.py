@@ -22,7 +22,7 @@ import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Float
 
 from flexavatar_jax.head import HeadModel, HeadParams, lbs
 from flexavatar_jax.head import uv as uvt
@@ -107,7 +107,3 @@ def assemble(
     quats = quat_multiply(q_pose, quat_multiply(matrix_to_quat(frames), local_quats))
     scales = relative_scales * _texel_size(model, layout, out.shaped)[:, None]
     return dict(means=means, quats=quats, scales=scales, opacities=opacities, colors=colors)
-
-
-def dynamic_mask(layout: GaussianLayout) -> Bool[np.ndarray, " N"]:
-    return layout.dynamic

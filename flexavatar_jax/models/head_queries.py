@@ -17,9 +17,9 @@ from jaxtyping import Array, Float
 
 from flexavatar_jax.head import HeadModel
 from flexavatar_jax.head import uv as uvt
-from flexavatar_jax.models.attention import (CrossAttentionBlock, Dtype, SelfAttentionBlock, constrain_tokens,
+from flexavatar_jax.models.attention import (CrossAttentionBlock, SelfAttentionBlock, constrain_tokens,
                                               dense, fourier_features, layer_norm)
-from flexavatar_jax.models.views import InputViews
+from flexavatar_jax.models.views import InputViews, Lifter
 
 # Template points are divided by this (metres) before the Fourier embedding: the head spans ~±0.15 m.
 TEMPLATE_EXTENT = 0.15
@@ -34,23 +34,19 @@ def template_points(head: HeadModel, grid: int) -> tuple[np.ndarray, np.ndarray]
     return np.where(table.valid[..., None], points, 0.0).astype(np.float32), np.asarray(table.valid)
 
 
-class StructuredHeadQueries(nn.Module):
-    head: HeadModel
-    grid: int
-    width: int
-    num_heads: int
+class StructuredHeadQueries(Lifter):
+    """`depth` cross-attention blocks from the queries to the image tokens, after `global_depth`
+    self-attention blocks over the image tokens of all views."""
+
     global_depth: int = 2
-    cross_depth: int = 2
-    fourier_frequencies: int = 6
-    mlp_ratio: float = 4.0
-    dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, patch_tokens: Float[Array, "b v hp wp d"], views: InputViews,
                  train: bool = False) -> Float[Array, "b g g w"]:
-        b, v, hp, wp, _ = patch_tokens.shape
-        tokens = dense(self.width, ("embed_in", "embed"), self.dtype, "token_proj")(patch_tokens)
-        tokens = constrain_tokens(tokens.reshape(b, v * hp * wp, self.width))
+        b, v, hp, wp, d_in = patch_tokens.shape
+        width = self.width or d_in
+        tokens = dense(width, ("embed_in", "embed"), self.dtype, "token_proj")(patch_tokens)
+        tokens = constrain_tokens(tokens.reshape(b, v * hp * wp, width))
         token_mask = jnp.repeat(views.mask, hp * wp, axis=1)
         for i in range(self.global_depth):
             tokens = SelfAttentionBlock(self.num_heads, self.mlp_ratio, self.dtype, name=f"global_{i}")(tokens, token_mask)
@@ -59,15 +55,15 @@ class StructuredHeadQueries(nn.Module):
         g = self.grid
         points, valid = template_points(self.head, g)
         fourier = fourier_features(jnp.asarray(points.reshape(g * g, 3) / TEMPLATE_EXTENT), self.fourier_frequencies)
-        fourier = dense(self.width, (None, "embed"), self.dtype, "fourier_proj")(fourier)
+        fourier = dense(width, (None, "embed"), self.dtype, "fourier_proj")(fourier)
         empty = self.param("empty_embedding", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed",)),
-                           (self.width,))
+                           (width,))
         learned = self.param("query_embedding", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("tokens", "embed")),
-                             (g * g, self.width))
+                             (g * g, width))
         queries = learned + jnp.where(jnp.asarray(valid.reshape(g * g, 1)), fourier, empty)
-        queries = constrain_tokens(jnp.broadcast_to(queries.astype(self.dtype), (b, g * g, self.width)))
-        for i in range(self.cross_depth):
+        queries = constrain_tokens(jnp.broadcast_to(queries.astype(self.dtype), (b, g * g, width)))
+        for i in range(self.depth):
             queries = CrossAttentionBlock(self.num_heads, self.mlp_ratio, self.dtype, name=f"cross_{i}")(
                 queries, tokens, token_mask)
         queries = layer_norm(self.dtype, "out_norm")(queries)
-        return nn.with_logical_constraint(queries.reshape(b, g, g, self.width), ("batch", "uv_h", "uv_w", "embed"))
+        return nn.with_logical_constraint(queries.reshape(b, g, g, width), ("batch", "uv_h", "uv_w", "embed"))

@@ -40,7 +40,7 @@ from flexavatar_jax.head import uv as uvt
 from flexavatar_jax.models import uv_projection as uvp
 from flexavatar_jax.models.attention import (MLP, CrossAttentionBlock, Dtype, HeadMerge, HeadProjection, constrain_tokens,
                                               dense, head_width, layer_norm)
-from flexavatar_jax.models.views import InputViews, require
+from flexavatar_jax.models.views import InputViews, Lifter, require
 
 _UV_AXES = ("batch", "uv_h", "uv_w", "embed")
 
@@ -138,28 +138,20 @@ class SymmetricWindowBlock(nn.Module):
         return constrain_tokens(x + MLP(int(x.shape[-1] * self.mlp_ratio), self.dtype, name="mlp")(h))
 
 
-class SymmetricUVLifter(nn.Module):
-    """`(patch_tokens [b,v,hp,wp,d_in], views, train) -> uv_tokens [b,G,G,width]`.
+class SymmetricUVLifter(Lifter):
+    """`(patch_tokens [b,v,hp,wp,d_in], views, train) -> uv_tokens [b,G,G,width]`; `depth` pairs of
+    (global cross-attention, symmetric windowed attention) blocks over w×w windows (`window`, odd).
 
     Needs `views.viewmats`, `views.Ks` and `views.params` (raises ValueError naming the missing).
-    Config attributes: `head`, `grid` (G), `num_heads`, `depth` (global + windowed layer
-    pairs), `window` (w, odd), `width` (default: the patch-token width d_in); projection knobs `oversample`, `kernel_radius`, `depth_tolerance`,
-    `zbuffer_cells_per_patch`, and `visibility_threshold` on the coverage for the mask M."""
+    Projection knobs `oversample`, `kernel_radius`, `depth_tolerance`, `zbuffer_cells_per_patch`,
+    and `visibility_threshold` on the coverage for the mask M."""
 
-    head: HeadModel
-    grid: int
-    num_heads: int
-    depth: int = 2
-    width: int | None = None
     window: int = 7
     oversample: int = 2
     kernel_radius: float = 1.0
     depth_tolerance: float = uvp.DEFAULT_DEPTH_TOLERANCE
     zbuffer_cells_per_patch: int = 1
     visibility_threshold: float = 0.05
-    fourier_frequencies: int = 6
-    mlp_ratio: float = 4.0
-    dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, patch_tokens: Float[Array, "b v hp wp d"], views: InputViews,

@@ -1,8 +1,8 @@
 """UV decoder: lifter tokens on the G×G UV grid -> K×K identity features and Gaussian attribute maps.
 
 The 14 raw attribute channels (FHAvatar's `A ∈ R^{K×K×14}`) are kept *before* activation so the
-deformation UNet can add its deltas in the same space; `activate` turns raw maps into physical
-attributes. Initial values (the decoder's last layer starts near zero): offset ≈ 0, colour 0.5,
+deformation UNet can add its deltas in the same space; `AttributeActivation` turns raw maps into
+physical attributes. Initial values (the decoder's last layer starts near zero): offset ≈ 0, colour 0.5,
 opacity `init_opacity`, relative scale `init_scale` (1 = one texel wide), identity rotation.
 """
 
@@ -21,7 +21,7 @@ from flexavatar_jax.models.attention import Dtype
 # Channel layout of the raw attribute maps.
 ATTRIBUTE_SLICES = dict(offset=slice(0, 3), color=slice(3, 6), opacity=slice(6, 7), scale=slice(7, 10),
                         rotation=slice(10, 14))
-NUM_ATTRIBUTES = 14
+NUM_ATTRIBUTES = ATTRIBUTE_SLICES["rotation"].stop
 _UV = ("batch", "uv_h", "uv_w", "channels")
 
 
@@ -53,7 +53,7 @@ class AttributeActivation(NamedTuple):
         b[ATTRIBUTE_SLICES["rotation"].start] = 1.0
         return b
 
-    def __call__(self, raw: Float[Array, "... 14"]) -> dict[str, Array]:
+    def __call__(self, raw: Float[Array, f"... {NUM_ATTRIBUTES}"]) -> dict[str, Array]:
         """offset (local t,b,n frame, metres), colour [0,1], opacity [0,1], relative scale > 0,
         rotation (unit wxyz) from raw channels."""
         s = ATTRIBUTE_SLICES

@@ -1,7 +1,8 @@
-"""What a lifter sees: the input views of one batch, padded to a fixed count.
+"""What a lifter sees (the input views of one batch, padded to a fixed count) and what every lifter is.
 
 Every lifter (`head_queries.StructuredHeadQueries`, `dual_uv.DualUVLifter`,
-`symmetric.SymmetricUVLifter`) is a Linen module with the same call:
+`symmetric.SymmetricUVLifter`; registered by name in `lifters.LIFTERS`) is a `Lifter`: a Linen
+module with the shared options below and the same call:
 
     lifter(patch_tokens: [b, v, hp, wp, d], views: InputViews, train: bool) -> uv_tokens [b, G, G, d]
 
@@ -16,11 +17,15 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import flax.linen as nn
+import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-from flexavatar_jax.head import HeadParams
+from flexavatar_jax.data.pipeline import MAX_INPUTS
+from flexavatar_jax.head import HeadModel, HeadParams
+from flexavatar_jax.models.attention import Dtype
 
-MAX_VIEWS = 4
+__all__ = ["MAX_INPUTS", "InputViews", "Lifter", "require"]
 
 
 class InputViews(NamedTuple):
@@ -45,3 +50,23 @@ def require(views: InputViews, lifter: str, *fields: str) -> None:
     if missing:
         raise ValueError(f"the {lifter!r} lifter needs input {', '.join(missing)} (it projects image features "
                          f"through the cameras and the tracked head mesh); the default 'queries' lifter needs none")
+
+
+class Lifter(nn.Module):
+    """Base of every lifter: `head` model, UV grid `grid` (G), token `width` (None: the patch-token
+    width), `num_heads`, `depth` blocks of the lifter's main stack (what a block is differs per
+    lifter: see `config.LifterConfig`), `fourier_frequencies` of the positional embeddings,
+    `mlp_ratio` of the transformer MLPs, compute `dtype`. Subclasses add their own options."""
+
+    head: HeadModel
+    grid: int
+    num_heads: int
+    width: int | None = None
+    depth: int = 2
+    fourier_frequencies: int = 6
+    mlp_ratio: float = 4.0
+    dtype: Dtype = jnp.float32
+
+    def __call__(self, patch_tokens: Float[Array, "b v hp wp d"], views: InputViews,
+                 train: bool = False) -> Float[Array, "b g g w"]:
+        raise NotImplementedError

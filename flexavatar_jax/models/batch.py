@@ -1,0 +1,88 @@
+"""From a data batch to rendered targets: the one forward path of training, evaluation and refinement.
+
+A batch is the dict `data.pipeline.ExampleSource` (and `data.eval_sets`) yields, leading [B]; every
+target is rendered from the avatar reconstructed from the same row's inputs, driven by the target's
+tracked parameters (shape included: FlexAvatar drives with tracked FLAME parameters). It goes
+through the same `FlexAvatar` methods a user calls (`reconstruct_views`, `animated_maps`,
+`gaussians_from_maps`, `render`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from flexavatar_jax.data.pipeline import PARAM_FIELDS
+from flexavatar_jax.head import HeadParams
+from flexavatar_jax.models.avatar import Avatar, FlexAvatar
+from flexavatar_jax.models.views import InputViews
+
+Batch = dict[str, Array]
+
+
+def input_views(system: FlexAvatar, batch: Batch) -> InputViews:
+    if not system.needs_cameras():
+        return InputViews(batch["input_images"], batch["input_mask"])
+    if "input_viewmats" not in batch:
+        raise ValueError(f"the {system.cfg.lifter_type!r} lifter needs input cameras and tracked params: build the "
+                         "data with input_annotations=True")
+    params = HeadParams(**{f: batch[f"input_{f}"] for f in PARAM_FIELDS})
+    return InputViews(batch["input_images"], batch["input_mask"], batch["input_viewmats"], batch["input_Ks"], params)
+
+
+def target_params(batch: Batch) -> HeadParams:
+    return HeadParams(**{f: batch[f"target_{f}"] for f in PARAM_FIELDS})
+
+
+def reconstruct_batch(system: FlexAvatar, params, batch: Batch, train: bool = False) -> tuple[Avatar, Array | None]:
+    """-> (Avatar [B] carrying the targets' tracked shape, the shape head's prediction [B,S] or None)."""
+    avatar = system.reconstruct_views(params, input_views(system, batch), train=train)
+    predicted = avatar.shape_coeffs if system.cfg.shape_head else None
+    return Avatar(avatar.raw_maps, avatar.identity_features, batch["target_shape"][:, 0]), predicted
+
+
+def render_target(system: FlexAvatar, raw_maps: Array, driving: HeadParams, viewmat: Array, K: Array, size: int,
+                  with_positions: bool):
+    """One target -> (rgb [H,W,3], alpha [H,W,1], positions [H,W,3] or None). The background is
+    white (1) for colour, and 1 for the position channels as FHAvatar's 3D TV normalisation assumes."""
+    g = system.gaussians_from_maps(raw_maps, driving)
+    if with_positions:
+        g = dict(g, colors=jnp.concatenate([g["colors"], g["means"]], -1))
+    channels = g["colors"].shape[-1]
+    out, alpha = system.render(g, viewmat[None], K[None], width=size, height=size,
+                               backgrounds=jnp.ones((1, channels), g["colors"].dtype))
+    positions = out[0, ..., 3:] if with_positions else None
+    return out[0, ..., :3], alpha[0], positions
+
+
+def forward(system: FlexAvatar, params, batch: Batch, *, train: bool, with_positions: bool = False,
+            image_size: int | None = None, scale_K: float = 1.0) -> dict:
+    """Reconstruct each row and render its targets -> dict(rgb [B,T,H,W,3], alpha [B,T,H,W,1],
+    positions [B,T,H,W,3] or None, maps [B,T,K,K,14], avatar, predicted_shape)."""
+    avatar, predicted = reconstruct_batch(system, params, batch, train)
+    driving = target_params(batch)
+    maps = system.animated_maps(params, avatar, driving)
+    size = image_size or system.image_size
+    Ks = batch["target_Ks"] * jnp.array([scale_K, scale_K, 1.0])[:, None]
+    one = functools.partial(render_target, system, size=size, with_positions=with_positions)
+    rgb, alpha, positions = jax.vmap(jax.vmap(one))(maps, driving, batch["target_viewmats"], Ks)
+    return dict(rgb=rgb, alpha=alpha, positions=positions, maps=maps, avatar=avatar, predicted_shape=predicted)
+
+
+def predict(system: FlexAvatar, params, batch: Batch) -> tuple[Array, Array]:
+    """Rendered targets of a batch (evaluation): (rgb [B,T,H,W,3], alpha [B,T,H,W,1])."""
+    out = forward(system, params, batch, train=False)
+    return out["rgb"], out["alpha"]
+
+
+# The keys `forward` reads (an eval set also carries bookkeeping, e.g. NaN azimuths).
+MODEL_INPUT_KEYS = ("input_images", "input_mask", "input_viewmats", "input_Ks", "target_viewmats", "target_Ks",
+                    *(f"{side}_{f}" for side in ("input", "target") for f in PARAM_FIELDS))
+
+
+def model_inputs(batch: dict) -> dict:
+    """The entries of `batch` that `forward` reads."""
+    return {k: batch[k] for k in MODEL_INPUT_KEYS}
