@@ -193,3 +193,33 @@ def sample_cameras(rng: np.random.Generator, num: int, width: int, height: int, 
     Ks = np.stack([np.asarray(camera.intrinsics_from_fov(float(f), width, height)) for f in fov])
     return CameraSet(viewmats=viewmats.astype(np.float32), Ks=Ks.astype(np.float32), azimuth_deg=az.astype(np.float32),
                      elevation_deg=el.astype(np.float32), distance=dist.astype(np.float32))
+
+
+def turntable_cameras(num_frames: int, image_size: int, radius: float = 1.0, elevation_deg: float = 5.0,
+                      fov_deg: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
+    """A 360° orbit around `HEAD_CENTER` (OpenCV cameras, first frame frontal, azimuth growing
+    towards the subject's left, no repeated frame): `viewmats [T,4,4]`, `Ks [T,3,3]` for square
+    `image_size` images. `radius` metres; the defaults frame the ~0.3 m head at ~85% of the height."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if radius <= 0:
+        raise ValueError(f"radius must be > 0, got {radius}")
+    viewmats = np.asarray(camera.orbit(num_frames, radius, target=HEAD_CENTER, elevation_deg=elevation_deg),
+                          np.float32)
+    K = np.asarray(camera.intrinsics_from_fov(fov_deg, image_size, image_size), np.float32)
+    return viewmats, np.tile(K, (num_frames, 1, 1))
+
+
+# Default front camera: 0.6 m in front of the head; a 32° vertical field of view frames the
+# ~0.3 m head at ~85% of the image height (like the turntable).
+FRONT_DISTANCE_M = 0.6
+FRONT_FOV_DEG = 32.0
+
+
+def front_camera(image_size: int, distance: float = FRONT_DISTANCE_M,
+                 fov_deg: float = FRONT_FOV_DEG) -> tuple[np.ndarray, np.ndarray]:
+    """(viewmat [4,4], K [3,3]) of a camera `distance` metres in front of the face (+z) looking
+    at `HEAD_CENTER` (OpenCV; the subject's left, +x, is on the image's right)."""
+    eye = HEAD_CENTER + np.array([0.0, 0.0, distance], np.float32)
+    viewmat = np.asarray(camera.look_at(eye, HEAD_CENTER), np.float32)
+    return viewmat, np.asarray(camera.intrinsics_from_fov(fov_deg, image_size, image_size), np.float32)
