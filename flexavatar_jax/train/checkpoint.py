@@ -8,7 +8,6 @@ previous one.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -17,6 +16,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from flexavatar_jax.inference.params import CHECKPOINT_ITEMS
+
 
 class Checkpointer:
     def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
@@ -24,7 +25,7 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=("state", "data", "config"))
+                                             item_names=CHECKPOINT_ITEMS)
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -64,11 +65,6 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
-
-
-def config_json(config) -> dict:
-    """A JSON-able dict of a ConfigDict (tuples become lists)."""
-    return json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else dict(config)
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:

@@ -5,28 +5,20 @@ from __future__ import annotations
 
 import threading
 
-import ml_collections
 import numpy as np
 
+from flexavatar_jax.config import Config
 from flexavatar_jax.data import pipeline
-from flexavatar_jax.data.balance import BalanceConfig
-from flexavatar_jax.data.synthetic import SyntheticConfig, SyntheticWorld, heldout_ids
+from flexavatar_jax.data.synthetic import SyntheticWorld, heldout_ids
 from flexavatar_jax.head import HeadModel
 
 
-def make_world(config: ml_collections.ConfigDict, head: HeadModel | None = None) -> SyntheticWorld:
-    syn = SyntheticConfig(image_size=config.model.image_size, **config.data.synthetic.to_dict())
-    return SyntheticWorld(syn, head)
+def make_world(config: Config, head: HeadModel | None = None) -> SyntheticWorld:
+    """The synthetic world of the config (it renders at `model.image_size`)."""
+    return SyntheticWorld(config.data.synthetic, head)
 
 
-def example_config(config: ml_collections.ConfigDict, needs_cameras: bool) -> pipeline.ExampleConfig:
-    d = config.data
-    return pipeline.ExampleConfig(min_inputs=d.min_inputs, max_inputs=d.max_inputs, num_targets=d.num_targets,
-                                  reconstruction_prob=d.reconstruction_prob, examples_per_identity=d.examples_per_identity,
-                                  input_annotations=needs_cameras, balance=BalanceConfig(**d.balance.to_dict()))
-
-
-def frame_source(config: ml_collections.ConfigDict, world: SyntheticWorld | None):
+def frame_source(config: Config, world: SyntheticWorld | None):
     d = config.data
     if d.source == "synthetic":
         return pipeline.SyntheticFrames(world, num_identities=d.num_identities)
@@ -64,14 +56,15 @@ class MemoizedSource:
         return hit
 
 
-def train_source(config: ml_collections.ConfigDict, world: SyntheticWorld | None, needs_cameras: bool):
-    source = pipeline.ExampleSource(frame_source(config, world), example_config(config, needs_cameras), seed=config.seed)
+def train_source(config: Config, world: SyntheticWorld | None, needs_cameras: bool):
+    source = pipeline.ExampleSource(frame_source(config, world), config.data.example_config(needs_cameras),
+                                    seed=config.seed)
     if config.data.memoize_examples > 0:
         source = MemoizedSource(source, config.data.memoize_examples)
     return source
 
 
-def train_loader(config: ml_collections.ConfigDict, source, process_count: int, process_index: int):
+def train_loader(config: Config, source, process_count: int, process_index: int):
     global_batch = config.train.batch_size
     if global_batch % process_count:
         raise ValueError(f"train.batch_size={global_batch} is not divisible by the {process_count} processes")
@@ -80,5 +73,5 @@ def train_loader(config: ml_collections.ConfigDict, source, process_count: int, 
                                 process_count=process_count)
 
 
-def heldout(config: ml_collections.ConfigDict) -> np.ndarray:
+def heldout(config: Config) -> np.ndarray:
     return heldout_ids(config.data.num_heldout)

@@ -7,6 +7,7 @@ continues. Only process 0 writes files.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -15,16 +16,17 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from flexavatar_jax.data import media
-from flexavatar_jax.head import load_head
-from flexavatar_jax.models.avatar import FlexAvatar, parameter_counts
+from flexavatar_jax import inference
+from flexavatar_jax.config import Config, as_config
+from flexavatar_jax.data import eval_sets, media
+from flexavatar_jax.models import batch as batch_lib
+from flexavatar_jax.models.avatar import parameter_counts
 from flexavatar_jax.models.encoder import load_encoder_npz
-from flexavatar_jax.train import avatars, evaluate, inputs, sharding
+from flexavatar_jax.train import inputs, sharding
 from flexavatar_jax.train import checkpoint as ckpt_lib
 from flexavatar_jax.train import step as step_lib
 from flexavatar_jax.train.perceptual import perceptual_loss_fn
@@ -34,7 +36,8 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
-def _say(msg: str) -> None:
+def say(msg: str) -> None:
+    """Log, and print on process 0 (progress lines a person reads)."""
     logging.info(msg)
     if is_writer():
         print(msg, flush=True)
@@ -75,13 +78,14 @@ class MetricWriter:
 class Trainer:
     """Everything a run needs, built from a config: system, mesh, shardings, jitted step."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str, devices=None):
+    def __init__(self, config: Config, workdir: str, devices=None):
+        config = as_config(config)
         self.config = config
         self.workdir = workdir
-        self.head = load_head(config.head)
-        self.system = FlexAvatar(config.model, self.head)
+        self.system = inference.make_system(config.model, config.head)
+        self.head = self.system.head
         self.mesh = sharding.make_mesh(config.mesh, devices)
-        self.rules = sharding.rules_of(config)
+        self.rules = config.sharding_rules
         if config.train.batch_size % sharding.batch_divisor(self.mesh):
             raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by data×fsdp="
                              f"{sharding.batch_divisor(self.mesh)}")
@@ -101,7 +105,7 @@ class Trainer:
                                   in_shardings=(self.state_shardings, self.batch_sharding, sharding.replicated(self.mesh)),
                                   out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
                                   donate_argnums=0)
-        self._predict = jax.jit(lambda params, batch: _predict(self.system, params, batch))
+        self._predict = jax.jit(functools.partial(batch_lib.predict, self.system))
         self._reconstruct = jax.jit(self.system.reconstruct)
 
     def init_state(self) -> step_lib.TrainState:
@@ -113,7 +117,7 @@ class Trainer:
             params = dict(state.params, encoder=jax.device_put(enc, self.state_shardings.params["encoder"]))
             state = state.replace(params=params, ema_params=params if state.ema_params is not None else None,
                                   opt_state=self.tx.init(params))
-            _say(f"loaded pretrained encoder weights from {pretrained}")
+            say(f"loaded pretrained encoder weights from {pretrained}")
         return state
 
     def step(self, state, batch: dict[str, np.ndarray], step: int):
@@ -140,19 +144,14 @@ class Trainer:
         return np.asarray(rgb), np.asarray(alpha)
 
 
-def _heldout_inputs(config: ml_collections.ConfigDict, world) -> np.ndarray | None:
+def _heldout_inputs(config: Config, world) -> np.ndarray | None:
     """Input views of the first held-out identity, for the periodic turntable (synthetic data)."""
     if world is None or not config.train.image_every:
         return None
     ident = int(inputs.heldout(config)[0])
-    es = evaluate.build_eval_set(world, [ident], num_views=min(4, config.data.max_inputs), num_targets=1, mode="self",
+    es = eval_sets.build_eval_set(world, [ident], num_views=min(4, config.data.max_inputs), num_targets=1, mode="self",
                                  seed=config.seed)
     return es["input_images"][0, : int(es["num_inputs"][0])]
-
-
-def _predict(system: FlexAvatar, params: Any, batch: dict) -> tuple[jax.Array, jax.Array]:
-    out = step_lib.forward(system, params, batch, train=False)
-    return out["rgb"], out["alpha"]
 
 
 def image_grid(batch: dict[str, np.ndarray], rgb: np.ndarray, rows: int = 4) -> np.ndarray:
@@ -166,11 +165,13 @@ def image_grid(batch: dict[str, np.ndarray], rgb: np.ndarray, rows: int = 4) -> 
     return media.image_grid([[t.astype(np.float32) for t in row] for row in tiles[: rows * 2]])
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None,
+def train(config: Config, workdir: str, *, stop_after: int | None = None,
           devices=None) -> dict[str, Any]:
     """Train (or resume) to `config.train.steps`; `stop_after` ends early after that many steps in
-    this call (tests, time budgets). Returns a summary dict."""
+    this call (tests, time budgets). `config`: a `Config` (or a ConfigDict, converted). Returns a
+    summary dict."""
     t_start = time.time()
+    config = as_config(config)
     if config.train.distributed:
         jax.distributed.initialize()
     os.makedirs(workdir, exist_ok=True)
@@ -186,16 +187,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
         state, start = trainer.init_state(), 0
     else:
         start, state, _ = restored
-        _say(f"resumed from {checkpoints.directory} at step {start}")
+        say(f"resumed from {checkpoints.directory} at step {start}")
     if is_writer():
         with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(ckpt_lib.config_json(config), f, indent=1)
+            json.dump(config.to_dict(), f, indent=1)
     counts = parameter_counts(state.params)
     per_device = config.train.batch_size // sharding.batch_divisor(mesh)
-    _say(f"mesh {dict(mesh.shape)} over {len(mesh.devices.flat)} {jax.devices()[0].platform} devices "
+    say(f"mesh {dict(mesh.shape)} over {len(mesh.devices.flat)} {jax.devices()[0].platform} devices "
          f"({jax.process_count()} process(es)); global batch {config.train.batch_size}, per device {per_device}, "
          f"{config.data.num_targets} targets per example")
-    _say(f"parameters: {counts['total']:,} (" + ", ".join(f"{k} {v:,}" for k, v in counts.items() if k != "total")
+    say(f"parameters: {counts['total']:,} (" + ", ".join(f"{k} {v:,}" for k, v in counts.items() if k != "total")
          + f"); {system.num_gaussians:,} Gaussians per avatar; lifter {config.model.lifter_type}; "
            f"{config.data.num_identities} training identities")
     writer = MetricWriter(workdir)
@@ -216,7 +217,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
             host.update(steps_per_s=rate, nonfinite_skips=int(state.nonfinite_skips))
             writer.write(done, host)
             eta = (total - done) / max(rate, 1e-9)
-            _say(f"step {done}/{total}  loss {host['loss/total']:.4f}  psnr {host['psnr']:.2f}  "
+            say(f"step {done}/{total}  loss {host['loss/total']:.4f}  psnr {host['psnr']:.2f}  "
                  f"{rate:.2f} steps/s  ETA {eta / 60:.1f} min  skipped {host['nonfinite_skips']}")
             t_log, s_log = time.time(), done
         if config.train.image_every and (done % config.train.image_every == 0 or done == end):
@@ -228,12 +229,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                                  image_grid(batch, rgb[: len(batch["input_images"])]))
             if heldout_views is not None:
                 avatar = trainer.reconstruct(state.params, heldout_views)
-                frames = avatars.turntable_frames(system, state.params, avatar, num_frames=8)
+                frames = inference.turntable_frames(system, state.params, avatar, num_frames=8)
                 if is_writer():
                     media.save_image(os.path.join(workdir, "images", f"heldout_turntable_{done:07d}.png"),
                                      media.image_grid([list(frames)]))
         if done % config.train.checkpoint_every == 0 or done == end:
-            checkpoints.save(done, state, loader, ckpt_lib.config_json(config), force=True)
+            checkpoints.save(done, state, loader, config.to_dict(), force=True)
     checkpoints.close()
     writer.close()
     return dict(trainer=trainer, state=state, start_step=start, end_step=end if end > start else start,

@@ -20,20 +20,22 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
-from flexavatar_jax.data import motion
+from flexavatar_jax import inference
+from flexavatar_jax.config import Config, as_config
+from flexavatar_jax.data import eval_sets, motion
 from flexavatar_jax.data.pipeline import PARAM_FIELDS
 from flexavatar_jax.head import HeadParams
-from flexavatar_jax.models.avatar import RECONSTRUCTION_KEYS
-from flexavatar_jax.train import evaluate as ev
+from flexavatar_jax.models.avatar import RECONSTRUCTION_KEYS, FlexAvatar
+from flexavatar_jax.models.batch import model_inputs
 from flexavatar_jax.train import inputs
 from flexavatar_jax.train import metrics as M
 from flexavatar_jax.train import step as step_lib
-from flexavatar_jax.train.loop import Trainer, _say, is_writer
-from flexavatar_jax.train.reports import _model_keys, restore_params
+from flexavatar_jax.train.loop import is_writer, say
+from flexavatar_jax.train.perceptual import perceptual_loss_fn
+from flexavatar_jax.train.reports import Predictor, host_predictor
 
 # The per-input-frame stream for novel cameras (distinct from evaluate's streams).
 _NOVEL_VIEW_STREAM = 71
@@ -51,7 +53,7 @@ def refine_optimizer(lr: float) -> optax.GradientTransformation:
 def refinement_batch(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """One eval-set row (leading [1]) whose targets are its own input views."""
     n = int(row["num_inputs"][0])
-    batch = _model_keys(row)
+    batch = model_inputs(row)
     batch["target_viewmats"], batch["target_Ks"] = row["input_viewmats"][:, :n], row["input_Ks"][:, :n]
     batch["target_images"], batch["target_alphas"] = row["input_images"][:, :n], row["input_alphas"][:, :n]
     for f in PARAM_FIELDS:
@@ -71,7 +73,7 @@ def novel_view_batch(world, row: dict[str, np.ndarray], seed: int) -> dict[str, 
         rng = np.random.default_rng([seed, ident_id, _NOVEL_VIEW_STREAM, i])
         cams = motion.sample_cameras(rng, 1, size, size)
         params = HeadParams(**{f: jnp.asarray(row[f"input_{f}"][0, i]) for f in PARAM_FIELDS})
-        rgb, alpha = ev.render_view(world, ident, params, cams.viewmats[0], cams.Ks[0], np.ones(3, np.float32))
+        rgb, alpha = eval_sets.render_view(world, ident, params, cams.viewmats[0], cams.Ks[0], np.ones(3, np.float32))
         images.append(rgb)
         alphas.append(alpha)
         viewmats.append(cams.viewmats[0])
@@ -81,20 +83,18 @@ def novel_view_batch(world, row: dict[str, np.ndarray], seed: int) -> dict[str, 
     return batch
 
 
-def _psnr(trainer: Trainer, params: Any, batch: dict[str, np.ndarray]) -> float:
-    rgb, _ = trainer.predict(params, batch)
+def _psnr(predict: Predictor, params: Any, batch: dict[str, np.ndarray]) -> float:
+    rgb, _ = predict(params, batch)
     return float(jnp.mean(M.psnr(jnp.asarray(rgb), jnp.asarray(batch["target_images"]))))
 
 
 class Refiner:
     """Compiles the refinement step once (per input-view count) and runs it."""
 
-    def __init__(self, trainer: Trainer, config: ml_collections.ConfigDict):
-        self.trainer = trainer
+    def __init__(self, system: FlexAvatar, config: Config, perceptual=None):
         self.config = config
         self.tx = refine_optimizer(config.refine.lr)
-        self.step = jax.jit(step_lib.make_train_step(trainer.system, config, self.tx, trainer.perceptual,
-                                                     detach_mouth=True))
+        self.step = jax.jit(step_lib.make_train_step(system, config, self.tx, perceptual, detach_mouth=True))
         self._compiled: dict = {}
 
     def __call__(self, params: Any, batch: dict[str, np.ndarray], steps: int, time_budget_s: float = 0.0):
@@ -124,29 +124,33 @@ class Refiner:
         return state.params, done, time.perf_counter() - t0
 
 
-def refine_workdir(config: ml_collections.ConfigDict, workdir: str, out_dir: str | None = None,
+def refine_workdir(config: Config | Any, workdir: str, out_dir: str | None = None,
                    num_views: int = 4) -> dict:
     """Refine the trained model on each of `config.eval.num_identities` held-out identities and
     report PSNR before/after (novel views of the input frames; unseen expressions)."""
-    trainer = Trainer(config, workdir)
-    step, params = restore_params(trainer, workdir)
-    world = inputs.make_world(config, trainer.head)
-    refiner = Refiner(trainer, config)
+    config = as_config(config)
+    system = inference.make_system(config.model, config.head)
+    step, params = inference.load_params(system, workdir, ema=config.train.ema_decay > 0)
+    world = inputs.make_world(config, system.head)
+    perceptual = (perceptual_loss_fn(config.loss.perceptual_weights or None)
+                  if config.loss.perceptual.weight > 0 else None)
+    predict = host_predictor(system)
+    refiner = Refiner(system, config, perceptual)
     rows = []
     for ident_id in inputs.heldout(config)[: config.eval.num_identities]:
-        row = ev.build_eval_set(world, [int(ident_id)], num_views=num_views, num_targets=config.eval.num_targets,
+        row = eval_sets.build_eval_set(world, [int(ident_id)], num_views=num_views, num_targets=config.eval.num_targets,
                                 mode="self", seed=config.seed)
         novel = novel_view_batch(world, row, config.seed)
-        unseen = _model_keys(row) | {k: row[k] for k in ("target_images", "target_alphas")}
-        before = dict(novel_views=_psnr(trainer, params, novel), unseen_expressions=_psnr(trainer, params, unseen))
+        unseen = model_inputs(row) | {k: row[k] for k in ("target_images", "target_alphas")}
+        before = dict(novel_views=_psnr(predict, params, novel), unseen_expressions=_psnr(predict, params, unseen))
         refined, steps_run, seconds = refiner(params, refinement_batch(row), config.refine.steps,
                                               config.refine.time_budget_s)
-        after = dict(novel_views=_psnr(trainer, refined, novel), unseen_expressions=_psnr(trainer, refined, unseen))
+        after = dict(novel_views=_psnr(predict, refined, novel), unseen_expressions=_psnr(predict, refined, unseen))
         unet_same = all(bool(jnp.array_equal(a, b)) for a, b in zip(jax.tree.leaves(params["unet"]),
                                                                       jax.tree.leaves(refined["unet"])))
         rows.append(dict(identity=int(ident_id), steps=steps_run, seconds=seconds, psnr_before=before,
                          psnr_after=after, unet_unchanged=unet_same))
-        _say(f"refine identity {int(ident_id)}: {steps_run} steps in {seconds:.2f} s; novel views "
+        say(f"refine identity {int(ident_id)}: {steps_run} steps in {seconds:.2f} s; novel views "
              f"{before['novel_views']:.2f} -> {after['novel_views']:.2f} dB, unseen expressions "
              f"{before['unseen_expressions']:.2f} -> {after['unseen_expressions']:.2f} dB")
     mean = lambda when, what: float(np.mean([r[when][what] for r in rows]))  # noqa: E731
@@ -160,7 +164,7 @@ def refine_workdir(config: ml_collections.ConfigDict, workdir: str, out_dir: str
         with open(os.path.join(out_dir, "refine.json"), "w") as f:
             json.dump(summary, f, indent=1)
     m = summary["mean"]
-    _say(f"refine mean: novel views {m['psnr_before']['novel_views']:.2f} -> {m['psnr_after']['novel_views']:.2f} dB, "
+    say(f"refine mean: novel views {m['psnr_before']['novel_views']:.2f} -> {m['psnr_after']['novel_views']:.2f} dB, "
          f"unseen expressions {m['psnr_before']['unseen_expressions']:.2f} -> "
          f"{m['psnr_after']['unseen_expressions']:.2f} dB")
     return summary

@@ -19,7 +19,7 @@ MESH_AXES = ("data", "fsdp", "model")
 
 def mesh_shape(mesh_cfg: Any, num_devices: int) -> tuple[int, int, int]:
     """(data, fsdp, model) sizes; one entry may be -1 (= the remaining devices)."""
-    sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
+    sizes = [int(getattr(mesh_cfg, a)) for a in MESH_AXES]
     if sizes.count(-1) > 1:
         raise ValueError(f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
     known = math.prod(s for s in sizes if s != -1)
@@ -35,10 +35,6 @@ def make_mesh(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mes
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(mesh_cfg, len(devices))
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
-
-
-def rules_of(config) -> tuple[tuple[str, Any], ...]:
-    return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in config.sharding_rules)
 
 
 def logical_shardings(abstract_boxed: Any, mesh: Mesh, rules) -> Any:

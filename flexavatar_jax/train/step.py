@@ -1,33 +1,25 @@
-"""Train state, the forward pass from a data batch to rendered targets, the losses, and the one
-pure `train_step(state, batch, key) -> (state, metrics)`.
+"""Train state, the losses of a batch, and the one pure `train_step(state, batch, key) -> (state, metrics)`.
 
-A batch is the dict `flexavatar_jax.data.pipeline.ExampleSource` yields (leading [B]); every target
-is rendered from the avatar reconstructed from the same row's inputs, driven by the target's
-tracked parameters (shape included: FlexAvatar drives with tracked FLAME parameters).
+The forward pass is `models.batch.forward`, the same path evaluation and refinement render through.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import flax.struct
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from jaxtyping import Array
 
-from flexavatar_jax.data.pipeline import PARAM_FIELDS
+from flexavatar_jax.config import Config
 from flexavatar_jax.head import HeadParams, lbs
-from flexavatar_jax.models.avatar import Avatar, FlexAvatar, FlexAvatarNet
-from flexavatar_jax.models.views import InputViews
+from flexavatar_jax.models.avatar import FlexAvatar
+from flexavatar_jax.models.batch import Batch, forward, target_params
 from flexavatar_jax.models.uv_decoder import ATTRIBUTE_SLICES
-from flexavatar_jax.render import rasterize
 from flexavatar_jax.render.camera import project_points
 from flexavatar_jax.train import losses as L
-
-Batch = dict[str, Array]
 
 
 @flax.struct.dataclass
@@ -39,7 +31,7 @@ class TrainState:
     nonfinite_skips: Array  # updates skipped because the loss or a gradient was NaN/Inf
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict, trainable: Callable[[Any], Any] | None = None
+def make_optimizer(cfg: Config, trainable: Callable[[Any], Any] | None = None
                    ) -> optax.GradientTransformation:
     """AdamW with linear warm-up + cosine decay, global-norm clipping, weight decay on matrices
     only; `trainable` (params -> bool tree) freezes the False leaves (refinement)."""
@@ -63,56 +55,7 @@ def create_state(system: FlexAvatar, tx: optax.GradientTransformation, key: Arra
                       ema_params=params if ema else None, nonfinite_skips=jnp.zeros((), jnp.int32))
 
 
-# ------------------------------------------------------------------------------------------- forward
-
-
-def input_views(system: FlexAvatar, batch: Batch) -> InputViews:
-    if not system.needs_cameras():
-        return InputViews(batch["input_images"], batch["input_mask"])
-    if "input_viewmats" not in batch:
-        raise ValueError(f"the {system.cfg.lifter_type!r} lifter needs input cameras and tracked params: build the "
-                         "data with input_annotations=True")
-    params = HeadParams(**{f: batch[f"input_{f}"] for f in PARAM_FIELDS})
-    return InputViews(batch["input_images"], batch["input_mask"], batch["input_viewmats"], batch["input_Ks"], params)
-
-
-def target_params(batch: Batch) -> HeadParams:
-    return HeadParams(**{f: batch[f"target_{f}"] for f in PARAM_FIELDS})
-
-
-def reconstruct_batch(system: FlexAvatar, params: Any, batch: Batch, train: bool = False):
-    """-> (Avatar with the targets' tracked shape [B], predicted shape [B,S] or None)."""
-    views = input_views(system, batch)
-    system.check_images(views.images)
-    identity, raw, predicted = system.net.apply({"params": params}, views, train, method=FlexAvatarNet.reconstruct)
-    return Avatar(raw, identity, batch["target_shape"][:, 0]), predicted
-
-
-def render_frame(system: FlexAvatar, raw_maps: Array, driving: HeadParams, viewmat: Array, K: Array,
-                 size: int, with_positions: bool):
-    """One target: Gaussians from maps -> (rgb [H,W,3], alpha [H,W,1], positions [H,W,3] or None,
-    gaussian dict). Background is white (1) for colour, and 1 for the position channels as
-    FHAvatar's 3D TV normalisation assumes."""
-    g = system.gaussians_from_maps(raw_maps, driving)
-    colors = jnp.concatenate([g["colors"], g["means"]], -1) if with_positions else g["colors"]
-    out, alpha = rasterize(g["means"], g["quats"], g["scales"], g["opacities"], colors, viewmat[None], K[None],
-                           size, size, backgrounds=jnp.ones((1, colors.shape[-1]), colors.dtype))
-    positions = out[0, ..., 3:] if with_positions else None
-    return out[0, ..., :3], alpha[0], positions
-
-
-def forward(system: FlexAvatar, params: Any, batch: Batch, *, train: bool, with_positions: bool = False,
-            image_size: int | None = None, scale_K: float = 1.0):
-    """Reconstruct each row and render its targets -> dict(rgb [B,T,H,W,3], alpha, positions?,
-    maps [B,T,K,K,14], avatar, predicted_shape)."""
-    avatar, predicted = reconstruct_batch(system, params, batch, train)
-    driving = target_params(batch)
-    maps = system.animated_maps(params, avatar, driving)
-    size = image_size or system.image_size
-    Ks = batch["target_Ks"] * jnp.array([scale_K, scale_K, 1.0])[:, None]
-    frame = functools.partial(render_frame, system, size=size, with_positions=with_positions)
-    rgb, alpha, positions = jax.vmap(jax.vmap(frame))(maps, driving, batch["target_viewmats"], Ks)
-    return dict(rgb=rgb, alpha=alpha, positions=positions, maps=maps, avatar=avatar, predicted_shape=predicted)
+# ------------------------------------------------------------------------------------------- losses
 
 
 def mouth_masks(system: FlexAvatar, batch: Batch, size: int) -> Array:
@@ -127,16 +70,11 @@ def mouth_masks(system: FlexAvatar, batch: Batch, size: int) -> Array:
     return jax.vmap(jax.vmap(one))(target_params(batch), batch["target_viewmats"], batch["target_Ks"])
 
 
-# ------------------------------------------------------------------------------------------- losses
-
-
-def compute_losses(system: FlexAvatar, cfg: ml_collections.ConfigDict, params: Any, batch: Batch, step: Array,
+def compute_losses(system: FlexAvatar, cfg: Config, params: Any, batch: Batch, step: Array,
                    perceptual: Callable | None = None, *, train: bool = True, detach_mouth: bool = False):
     """Weighted sum of the configured terms -> (loss, metrics dict of scalars)."""
     lc = cfg.loss
-    w = {name: L.scheduled_weight(lc[name], step) for name in
-         ("l1", "dssim", "perceptual", "mouth", "alpha", "tv3d", "offset", "position_deviation", "scale_deviation",
-          "shape", "lowres")}
+    w = {name: L.scheduled_weight(term, step) for name, term in lc.terms().items()}
     use_tv = lc.tv3d.weight > 0
     out = forward(system, params, batch, train=train, with_positions=use_tv)
     rgb, alpha = out["rgb"], out["alpha"]
@@ -190,7 +128,7 @@ def _split_microbatches(batch: Batch, n: int) -> Batch:
     return jax.tree.map(split, batch)
 
 
-def make_train_step(system: FlexAvatar, cfg: ml_collections.ConfigDict, tx: optax.GradientTransformation,
+def make_train_step(system: FlexAvatar, cfg: Config, tx: optax.GradientTransformation,
                     perceptual: Callable | None = None, *, detach_mouth: bool = False):
     """The pure step. `key` is folded with the step for any stochastic term (none today: the
     model is deterministic), so resumed runs replay exactly."""
