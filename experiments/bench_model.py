@@ -24,15 +24,18 @@ reconstruction, LAM 563 FPS; goal for `base` on an H100: reconstruct ≤ 50 ms, 
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import os
+import platform
 import statistics
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from absl import app, flags
+
+from flexavatar_jax.config import Config, to_dict
+from flexavatar_jax.configs import flexavatar
+
 ANCHORS = {
     "flexavatar_paper": {"drive_fps": 45.0, "reconstruct_s": 0.4},
     "lam": {"drive_fps": 563.0},
@@ -43,11 +46,18 @@ LOOK_AT = (0.0, 0.02, 0.0)
 FOV_Y_DEG = 28.0  # frames the head (≈ ±0.15 m) at CAMERA_DISTANCE
 
 
-def load_config(variant: str):
-    spec = importlib.util.spec_from_file_location("flexavatar_config", os.path.join(REPO, "configs", "flexavatar.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("config", "tiny", list(flexavatar.VARIANTS), "flexavatar_jax.configs.flexavatar variant")
+flags.DEFINE_integer("repeats", 10, "timed calls per measurement (after one warm-up)")
+flags.DEFINE_integer("batch", 16, "driving frames per call for the batched numbers")
+flags.DEFINE_enum("backend", "auto", ["auto", "jax", "cuda"], "rasterize backend")
+flags.DEFINE_boolean("quick", False, "smoke run: 3 repeats, batch 4")
+flags.DEFINE_string("out", None, "JSON output file (default out/bench_model_<config>.json)")
+
+
+def load_config(variant: str) -> Config:
+    """The typed run config of a `configs/flexavatar.py` variant."""
+    return Config.from_dict(flexavatar.get_config(variant))
 
 
 def _time(fn, args, repeats: int) -> dict:
@@ -65,17 +75,19 @@ def _time(fn, args, repeats: int) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "first_call_s": first, "runs": repeats}
 
 
-def driving_frames(num_expression: int, batch: int, seed: int = 0):
-    """`batch` frames of plausible driving: expressions ~N(0,1), jaw opening, small head turns,
-    and one camera per frame on a small orbit around the face."""
+def driving_frames(head, batch: int, seed: int = 0):
+    """`batch` frames of plausible driving: expressions ~N(0,1), jaw opening, small head turns
+    (a `HeadParams` with leading [B]; its shape is zero, `animate` uses the avatar's), and one
+    camera per frame on a small orbit around the face."""
     import jax.numpy as jnp
     import numpy as np
 
+    from flexavatar_jax.head import POSE_SIZE, HeadParams
     from flexavatar_jax.render.camera import look_at
 
     rng = np.random.default_rng(seed)
-    expression = rng.standard_normal((batch, num_expression))
-    pose = np.zeros((batch, 15))
+    expression = rng.standard_normal((batch, head.num_expression))
+    pose = np.zeros((batch, POSE_SIZE))
     pose[:, 0:3] = rng.uniform(-0.2, 0.2, (batch, 3))  # global
     pose[:, 6] = rng.uniform(0.0, 0.3, batch)  # jaw opening
     translation = np.zeros((batch, 3))
@@ -84,21 +96,23 @@ def driving_frames(num_expression: int, batch: int, seed: int = 0):
                      CAMERA_DISTANCE * np.cos(azimuth)], -1)
     viewmats = look_at(jnp.asarray(eyes, jnp.float32), jnp.broadcast_to(jnp.asarray(LOOK_AT, jnp.float32), (batch, 3)))
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
-    return f32(expression), f32(pose), f32(translation), viewmats[:, None]  # viewmats [B,1,4,4]
+    frames = HeadParams.from_pose(f32(np.zeros((batch, head.num_shape))), f32(expression), f32(pose), f32(translation))
+    return frames, viewmats[:, None]  # viewmats [B,1,4,4]
 
 
 def run(variant: str, repeats: int, batch: int, backend: str, seed: int = 0) -> dict:
     import flax
     import jax
 
-    from flexavatar_jax.head.procedural import load_procedural_head
-    from flexavatar_jax.models.avatar import FlexAvatar, parameter_counts
+    from flexavatar_jax.head import load_head
+    from flexavatar_jax.inference import make_system
+    from flexavatar_jax.models.avatar import parameter_counts
     from flexavatar_jax.render.camera import intrinsics_from_fov
 
     cfg = load_config(variant)
-    head = load_procedural_head()
+    head = load_head(cfg.head)
     start = time.perf_counter()
-    system = FlexAvatar(cfg.model, head)
+    system = make_system(cfg.model, head)
     build_s = time.perf_counter() - start
     start = time.perf_counter()
     params = jax.block_until_ready(flax.linen.meta.unbox(system.init(jax.random.key(seed))))
@@ -116,32 +130,31 @@ def run(variant: str, repeats: int, batch: int, backend: str, seed: int = 0) -> 
     avatar = jax.block_until_ready(reconstruct(params, images[:2]))
 
     # params are arguments, not closure constants (XLA would embed them in the program).
-    def animate_render(params, avatar, expression, pose, translation, viewmat):
-        gaussians = system.animate(params, avatar, expression, pose, translation)
+    # `frame`: one driving HeadParams (no leading axis); the batched versions vmap over frames.
+    def animate_render(params, avatar, frame, viewmat):
+        gaussians = system.animate(params, avatar, frame)
         rgb, _ = system.render(gaussians, viewmat, K, backend=backend)
         return rgb
 
     def render_only(gaussians, viewmat):
         return system.render(gaussians, viewmat, K, backend=backend)[0]
 
-    def animate_only(params, avatar, expression, pose, translation):
-        return system.animate(params, avatar, expression, pose, translation)
+    def animate_only(params, avatar, frame):
+        return system.animate(params, avatar, frame)
 
-    per_frame = (None, None, 0, 0, 0, 0)
+    per_frame = (None, None, 0, 0)
     fns = {
         "animate_render": (jax.jit(animate_render), jax.jit(jax.vmap(animate_render, in_axes=per_frame))),
-        "animate": (jax.jit(animate_only), jax.jit(jax.vmap(animate_only, in_axes=per_frame[:5]))),
+        "animate": (jax.jit(animate_only), jax.jit(jax.vmap(animate_only, in_axes=per_frame[:3]))),
         "render": (jax.jit(render_only), jax.jit(jax.vmap(render_only))),
     }
-    expression, pose, translation, viewmats = driving_frames(head.num_expression, batch, seed)
-    one = lambda x: x[0]  # noqa: E731
-    gaussians = fns["animate"][1](params, avatar, expression, pose, translation)
+    frames, viewmats = driving_frames(head, batch, seed)
+    one = lambda tree: jax.tree.map(lambda x: x[0], tree)  # noqa: E731
+    gaussians = fns["animate"][1](params, avatar, frames)
     inputs = {
-        "animate_render": ((params, avatar, one(expression), one(pose), one(translation), one(viewmats)),
-                           (params, avatar, expression, pose, translation, viewmats)),
-        "animate": ((params, avatar, one(expression), one(pose), one(translation)),
-                    (params, avatar, expression, pose, translation)),
-        "render": ((jax.tree.map(one, gaussians), one(viewmats)), (gaussians, viewmats)),
+        "animate_render": ((params, avatar, one(frames), one(viewmats)), (params, avatar, frames, viewmats)),
+        "animate": ((params, avatar, one(frames)), (params, avatar, frames)),
+        "render": ((one(gaussians), one(viewmats)), (gaussians, viewmats)),
     }
     for name, (single, batched) in fns.items():
         args_1, args_b = inputs[name]
@@ -189,44 +202,36 @@ def goals(result: dict, variant: str, device_kind: str) -> dict:
                 result["animate_render_batch1"]["fps"] >= goal["animate_render_fps_batch1_min"]}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="tiny", choices=("tiny", "base", "large"),
-                        help="configs/flexavatar.py variant")
-    parser.add_argument("--repeats", type=int, default=10, help="timed calls per measurement (after one warm-up)")
-    parser.add_argument("--batch", type=int, default=16, help="driving frames per call for the batched numbers")
-    parser.add_argument("--backend", default="auto", choices=("auto", "jax", "cuda"), help="rasterize backend")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 3 repeats, batch 4")
-    parser.add_argument("--out", default=None, help="JSON output file (default out/bench_model_<config>.json)")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.repeats, args.batch = min(args.repeats, 3), min(args.batch, 4)
-    out = args.out or os.path.join("out", f"bench_model_{args.config}{'_quick' if args.quick else ''}.json")
-
-    import platform
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    variant, repeats, batch, backend = FLAGS.config, FLAGS.repeats, FLAGS.batch, FLAGS.backend
+    if FLAGS.quick:
+        repeats, batch = min(repeats, 3), min(batch, 4)
+    out = FLAGS.out or os.path.join("out", f"bench_model_{variant}{'_quick' if FLAGS.quick else ''}.json")
 
     import jax
 
     device = jax.devices()[0]
-    result = run(args.config, args.repeats, args.batch, args.backend)
+    result = run(variant, repeats, batch, backend)
     device_kind = f"{device.platform}:{device.device_kind}"
     report = {
         "what": "FlexAvatar API speed: jitted reconstruct latency, animate(+render) throughput; seconds after compile",
-        "config": args.config,
+        "config": variant,
         "device": device_kind,
         "jax_version": jax.__version__,
         "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
                  "load_average_at_start": os.getloadavg()},
-        "backend": args.backend,
-        "repeats": args.repeats,
-        "model_config": load_config(args.config).model.to_dict(),
+        "backend": backend,
+        "repeats": repeats,
+        "model_config": to_dict(load_config(variant).model),
         "anchors": ANCHORS,
         "results": result,
-        "goals": goals(result, args.config, device_kind),
-        "table": table(result, args.batch),
+        "goals": goals(result, variant, device_kind),
+        "table": table(result, batch),
     }
     width = max(len(row["metric"]) for row in report["table"])
-    print(f"[bench_model] {args.config} on {device_kind}, {result['num_gaussians']} Gaussians, "
+    print(f"[bench_model] {variant} on {device_kind}, {result['num_gaussians']} Gaussians, "
           f"{result['image_size']}² images", file=sys.stderr)
     for row in report["table"]:
         refs = ", ".join(f"{k} {v}" for k, v in row.items() if k not in ("metric", "measured"))
@@ -236,8 +241,7 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
         f.write(text + "\n")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    app.run(main)

@@ -1,4 +1,4 @@
-"""`flexavatar-jax` command line: thin absl entry point over library functions.
+"""`flexavatar-jax` command line: thin absl entry point, one command = one library call.
 
     flexavatar-jax preview-head --out DIR [--head procedural|PATH] [--uv_obj OBJ] [--seed N]
     flexavatar-jax head-info [--head ...]
@@ -12,217 +12,378 @@
     flexavatar-jax animate --config ... --workdir out/tiny --avatar me.npz (--motion m.npz | --driver_identity 1000001)
         --out me.gif        (also writes me_turntable.gif)
     flexavatar-jax export --config ... --workdir out/tiny --avatar me.npz --out me.ply
+
+Every command has its own flags (`flexavatar-jax COMMAND --help` lists them); a config given as
+`--config FILE:VARIANT` takes `--config.a.b=value` overrides and is converted once, here, into the
+typed `flexavatar_jax.config` form the library takes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
 import sys
-import time
+from collections.abc import Callable
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("out", "out/preview_head", "Output directory.")
-flags.DEFINE_string("head", "procedural", "'procedural' or a FLAME .pkl/.npz path.")
-flags.DEFINE_string("uv_obj", None, "FLAME UV layout (head_template_mesh.obj) for a raw FLAME pickle.")
-flags.DEFINE_string("flame_masks", None, "Optional FLAME_masks.pkl for named regions.")
-flags.DEFINE_integer("seed", 0, "Random seed for previews.")
-flags.DEFINE_integer("size", 256, "Preview image size in pixels.")
-flags.DEFINE_integer("uv_resolution", 256, "UV resolution for head-info statistics.")
-flags.DEFINE_bool("overwrite", False, "Overwrite existing outputs.")
-flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, images, evaluation).")
-flags.DEFINE_bool("print_param_paths", False, "summary: also list every parameter path and shape.")
-flags.DEFINE_list("images", None, "reconstruct: 1-4 portrait image files (comma-separated).")
-flags.DEFINE_integer("identity", None, "reconstruct: a synthetic identity id (held-out ids start at 1000000).")
-flags.DEFINE_string("avatar", None, "animate/export: an avatar .npz written by `reconstruct`.")
-flags.DEFINE_string("motion", None, "animate: .npz with expression [T,E], pose [T,15], translation [T,3] (or VHAP).")
-flags.DEFINE_integer("driver_identity", None, "animate: drive with this synthetic identity's first clip.")
-flags.DEFINE_integer("frames", None, "animate: number of frames (default: the whole motion).")
-flags.DEFINE_integer("fps", 25, "animate: frames per second of the video.")
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/flexavatar.py:tiny.")
-
-COMMANDS = ("preview-head", "head-info", "make-dataset", "preview-data", "summary", "train", "eval", "refine",
-            "reconstruct", "animate", "export")
-AVATAR_COMMANDS = ("reconstruct", "animate", "export")
+PROG = "flexavatar-jax"
 
 
-def _load_head():
+class UsageError(Exception):
+    """A wrong or missing flag: one line on stderr, exit code 2."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    summary: str
+    define: Callable[[flags.FlagValues, list[str]], None]  # (its FlagValues, argv) -> defines its flags
+    run: Callable[[flags.FlagValues], None]
+
+
+# ---------------------------------------------------------------------------------------------- flag groups
+def _config_flag(example: str) -> Callable[[flags.FlagValues, list[str]], None]:
+    def define(fv: flags.FlagValues, argv: list[str]) -> None:
+        # sys_argv: the `--config.a.b=value` override flags are created from the command line.
+        config_flags.DEFINE_config_file("config", None, f"Config file and variant, e.g. {example} "
+                                        "(override fields with --config.a.b=value).", flag_values=fv, sys_argv=argv)
+    return define
+
+
+def _workdir(fv: flags.FlagValues, argv: list[str]) -> None:
+    flags.DEFINE_string("workdir", None, "The training run's directory (checkpoints, metrics, images, evaluation).",
+                        flag_values=fv)
+
+
+def _head(fv: flags.FlagValues, argv: list[str]) -> None:
+    flags.DEFINE_string("head", "procedural", "'procedural' (the built-in head) or a FLAME .pkl/.npz path "
+                        "(the same values as a run config's `head` field).", flag_values=fv)
+    flags.DEFINE_string("uv_obj", None, "FLAME UV layout (head_template_mesh.obj) for a raw FLAME pickle.",
+                        flag_values=fv)
+    flags.DEFINE_string("flame_masks", None, "Optional FLAME_masks.pkl for named regions.", flag_values=fv)
+
+
+def _out(default: str | None, help_string: str) -> Callable[[flags.FlagValues, list[str]], None]:
+    def define(fv: flags.FlagValues, argv: list[str]) -> None:
+        flags.DEFINE_string("out", default, help_string, flag_values=fv)
+    return define
+
+
+def _flags(*groups: Callable[[flags.FlagValues, list[str]], None]) -> Callable[[flags.FlagValues, list[str]], None]:
+    def define(fv: flags.FlagValues, argv: list[str]) -> None:
+        for group in groups:
+            group(fv, argv)
+    return define
+
+
+def _required(fv: flags.FlagValues, name: str):
+    value = fv[name].value
+    if value is None:
+        raise UsageError(f"this command needs --{name}")
+    return value
+
+
+def _run_config(fv: flags.FlagValues):
+    """The typed run config of --config (configs/flexavatar.py)."""
+    from flexavatar_jax.config import Config
+
+    return Config.from_dict(_required(fv, "config"))
+
+
+# ---------------------------------------------------------------------------------------------- head commands
+def _load_head(fv: flags.FlagValues):
     """(head model from --head/--uv_obj/--flame_masks, expression names of the procedural head or None)."""
     from flexavatar_jax.head import load_head, procedural
 
-    model = load_head(FLAGS.head, FLAGS.uv_obj, FLAGS.flame_masks)
-    if FLAGS.head in ("", "procedural"):
+    model = load_head(fv.head, fv.uv_obj, fv.flame_masks)
+    if fv.head in ("", "procedural"):
         return model, list(procedural.load_procedural_arrays()["expression_names"])
     return model, None
 
 
-def head_info() -> dict:
+def head_info(model, uv_resolution: int, load_seconds: float) -> dict:
     from flexavatar_jax.head import uv
 
-    t0 = time.perf_counter()
-    model, _ = _load_head()
-    load_s = time.perf_counter() - t0
-    table = uv.texel_table(model, FLAGS.uv_resolution)
+    table = uv.texel_table(model, uv_resolution)
     return {
         "name": model.name, "vertices": model.num_vertices, "faces": model.num_faces,
         "shape_components": model.num_shape, "expression_components": model.num_expression,
         "pose_features": int(model.posedirs.shape[-1]), "joints": list(model.joint_names),
-        f"uv_coverage_{FLAGS.uv_resolution}": round(table.coverage, 4),
-        "uv_overlapping_texels": table.num_overlapping, "load_seconds": round(load_s, 3),
+        f"uv_coverage_{uv_resolution}": round(table.coverage, 4),
+        "uv_overlapping_texels": table.num_overlapping, "load_seconds": round(load_seconds, 3),
         "regions": {r: int(model.vertex_mask(r).sum()) for r in model.region_names},
     }
 
 
-def _require_config():
-    if FLAGS.config is None:
-        raise app.UsageError("this command needs --config, e.g. --config configs/synthetic_data.py:tiny")
-    return FLAGS.config
+def _timed_head(fv: flags.FlagValues):
+    import time
+
+    t0 = time.perf_counter()
+    model, names = _load_head(fv)
+    return model, names, time.perf_counter() - t0
 
 
-def _require_workdir() -> str:
-    if not FLAGS.workdir:
-        raise app.UsageError("this command needs --workdir (the training run's directory)")
-    return FLAGS.workdir
+def _uv_resolution(fv: flags.FlagValues, argv: list[str]) -> None:
+    flags.DEFINE_integer("uv_resolution", 256, "UV resolution of the coverage statistics.", flag_values=fv)
 
 
-def summary() -> str:
+def _preview_head_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+    flags.DEFINE_integer("seed", 0, "Random seed of the preview shapes and expressions.", flag_values=fv)
+    flags.DEFINE_integer("size", 256, "Preview image size in pixels.", flag_values=fv)
+
+
+def run_preview_head(fv: flags.FlagValues) -> None:
+    from flexavatar_jax.preview import preview_head
+
+    model, names, seconds = _timed_head(fv)
+    paths = preview_head(model, fv.out, seed=fv.seed, size=fv.size, expression_names=names)
+    info = head_info(model, fv.uv_resolution, seconds)
+    (pathlib.Path(fv.out) / "head_info.json").write_text(json.dumps(info, indent=2))
+    print(json.dumps(info, indent=2))
+    print("preview images: " + ", ".join(str(p) for p in paths))
+
+
+def run_head_info(fv: flags.FlagValues) -> None:
+    model, _, seconds = _timed_head(fv)
+    print(json.dumps(head_info(model, fv.uv_resolution, seconds), indent=2))
+
+
+# ---------------------------------------------------------------------------------------------- data commands
+def _dataset_config(fv: flags.FlagValues):
+    from flexavatar_jax.config import DatasetConfig
+
+    return DatasetConfig.from_dict(_required(fv, "config"))
+
+
+def _overwrite(fv: flags.FlagValues, argv: list[str]) -> None:
+    flags.DEFINE_bool("overwrite", False, "Overwrite existing identity folders.", flag_values=fv)
+
+
+def run_make_dataset(fv: flags.FlagValues) -> None:
+    from flexavatar_jax.data.make_dataset import make_dataset
+    from flexavatar_jax.data.synthetic import SyntheticWorld
+
+    cfg, out = _dataset_config(fv), pathlib.Path(_required(fv, "out"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    paths = make_dataset(SyntheticWorld(cfg.synthetic), out, cfg.num_identities, cfg.split, cfg.cameras_per_frame,
+                         cfg.frame_stride, cfg.val_fraction, overwrite=fv.overwrite)
+    print(f"wrote {len(paths)} identity sequences under {out}")
+
+
+def run_preview_data(fv: flags.FlagValues) -> None:
+    from flexavatar_jax.data.synthetic import SyntheticWorld
+    from flexavatar_jax.preview import preview_data
+
+    cfg, out = _dataset_config(fv), pathlib.Path(_required(fv, "out"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    print(f"wrote {preview_data(SyntheticWorld(cfg.synthetic), out)}")
+
+
+# ---------------------------------------------------------------------------------------------- model / run commands
+def _summary_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+    flags.DEFINE_bool("print_param_paths", False, "Also list every parameter path and shape.", flag_values=fv)
+
+
+def summary(config, print_param_paths: bool = False) -> str:
     """Parameter counts per module (from shapes only: nothing is allocated) and Gaussians per avatar."""
     import flax.linen as nn
     import jax
     from flax import traverse_util
 
-    from flexavatar_jax.models.avatar import FlexAvatar, parameter_counts
-    from flexavatar_jax.head import load_head
+    from flexavatar_jax.inference import make_system
+    from flexavatar_jax.models.avatar import parameter_counts
 
-    cfg = _require_config()
-    system = FlexAvatar(cfg.model, load_head(cfg.head))
+    system = make_system(config.model, config.head)
     abstract = nn.meta.unbox(jax.eval_shape(system.init, jax.random.key(0)))
     counts = parameter_counts(abstract)
-    m = cfg.model
-    lines = [f"config {cfg.variant}: lifter {m.lifter_type}, inputs {m.image_size}² (patch {m.encoder.patch_size}), "
+    m = config.model
+    lines = [f"config {config.variant}: lifter {m.lifter_type}, inputs {m.image_size}² (patch {m.encoder.patch_size}), "
              f"UV grid G={m.grid}, attribute maps K={m.uv_resolution}, UNet {'on' if m.unet.enabled else 'off'} "
              f"(driving: {m.driving})",
              f"Gaussians per avatar: {system.num_gaussians:,}"]
     lines += [f"  {k:<12} {v:>14,}" for k, v in counts.items()]
-    if FLAGS.print_param_paths:
+    if print_param_paths:
         flat = traverse_util.flatten_dict(abstract, sep="/")
         lines += [f"    {k} {tuple(v.shape)}" for k, v in sorted(flat.items())]
     return "\n".join(lines)
 
 
-def _require(name: str):
-    value = getattr(FLAGS, name)
-    if value is None:
-        raise app.UsageError(f"this command needs --{name}")
-    return value
+def run_summary(fv: flags.FlagValues) -> None:
+    print(summary(_run_config(fv), fv.print_param_paths))
 
 
-def avatar_command(command: str) -> str:
-    """reconstruct | animate | export with the trained params of --workdir; returns what it wrote."""
-    from flexavatar_jax.data import media
-    from flexavatar_jax.train import avatars, inputs
-    from flexavatar_jax.train.loop import Trainer
-    from flexavatar_jax.train.reports import restore_params
+def run_train(fv: flags.FlagValues) -> None:
+    from flexavatar_jax.train.reports import train_and_evaluate
 
-    cfg, workdir = _require_config(), _require_workdir()
-    trainer = Trainer(cfg, workdir)
-    system = trainer.system
-    _, params = restore_params(trainer, workdir)
-    out = FLAGS.out
-    if command == "reconstruct":
-        if (FLAGS.images is None) == (FLAGS.identity is None):
-            raise app.UsageError("reconstruct needs exactly one of --images or --identity")
-        if FLAGS.images is not None:
-            avatar, source = avatars.reconstruct_from_images(system, params, FLAGS.images), ",".join(FLAGS.images)
-        else:
-            world = inputs.make_world(cfg, trainer.head)
-            avatar, _ = avatars.reconstruct_from_dataset(system, params, world, FLAGS.identity, seed=cfg.seed)
-            source = f"synthetic identity {FLAGS.identity}"
-        avatars.save_avatar(out, avatar, config_json=cfg.model.to_dict(), image_size=system.image_size, source=source)
-        return out
-    avatar, meta = avatars.load_avatar(_require("avatar"))
-    avatars.check_avatar(system, avatar, meta)
-    if command == "export":
-        n = avatars.export_avatar_ply(system, params, avatar, out)
-        return f"{out} ({n:,} Gaussians)"
-    if (FLAGS.motion is None) == (FLAGS.driver_identity is None):
-        raise app.UsageError("animate needs exactly one of --motion or --driver_identity")
-    if FLAGS.motion is not None:
-        motion = avatars.load_motion(FLAGS.motion, trainer.head.num_expression)
+    train_and_evaluate(_run_config(fv), _required(fv, "workdir"))
+
+
+def run_eval(fv: flags.FlagValues) -> None:
+    from flexavatar_jax.train.reports import evaluate_workdir
+
+    evaluate_workdir(_run_config(fv), _required(fv, "workdir"))
+
+
+def run_refine(fv: flags.FlagValues) -> None:
+    from flexavatar_jax.train.refine import refine_workdir
+
+    refine_workdir(_run_config(fv), _required(fv, "workdir"))
+
+
+# ---------------------------------------------------------------------------------------------- avatar commands
+def _reconstruct_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+    flags.DEFINE_list("images", None, "1-4 portrait image files (comma-separated).", flag_values=fv)
+    flags.DEFINE_integer("identity", None, "A synthetic identity id (held-out ids start at 1000000).", flag_values=fv)
+
+
+def _avatar_flag(fv: flags.FlagValues, argv: list[str]) -> None:
+    flags.DEFINE_string("avatar", None, "An avatar .npz written by `reconstruct`.", flag_values=fv)
+
+
+def _animate_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+    flags.DEFINE_string("motion", None, ".npz with expression [T,E], pose [T,15], translation [T,3], a VHAP "
+                        "tracked-parameter .npz or a VHAP flame_param/ folder.", flag_values=fv)
+    flags.DEFINE_integer("driver_identity", None, "Drive with this synthetic identity's first clip.", flag_values=fv)
+    flags.DEFINE_integer("frames", None, "Number of frames (default: the whole motion).", flag_values=fv)
+    flags.DEFINE_integer("fps", 25, "Frames per second of the video.", flag_values=fv)
+
+
+def _loaded(fv: flags.FlagValues):
+    """(config, system, trained params) of --config/--workdir: parameters only, no trainer."""
+    from flexavatar_jax import inference
+
+    config = _run_config(fv)
+    system, params = inference.load(config, _required(fv, "workdir"))
+    return config, system, params
+
+
+def run_reconstruct(fv: flags.FlagValues) -> None:
+    from flexavatar_jax import inference
+    from flexavatar_jax.data.synthetic import SyntheticWorld
+
+    out = _required(fv, "out")
+    if (fv.images is None) == (fv.identity is None):
+        raise UsageError("reconstruct needs exactly one of --images or --identity")
+    config, system, params = _loaded(fv)
+    if fv.images is not None:
+        avatar, source = inference.reconstruct_from_images(system, params, fv.images), ",".join(fv.images)
     else:
-        motion = avatars.driving_sequence(inputs.make_world(cfg, trainer.head), FLAGS.driver_identity, FLAGS.frames)
-    expression, pose, translation = avatars.motion_arrays(motion)
-    if FLAGS.frames is not None:
-        expression, pose, translation = expression[: FLAGS.frames], pose[: FLAGS.frames], translation[: FLAGS.frames]
-    media.write_video(out, avatars.animate_frames(system, params, avatar, expression, pose, translation), fps=FLAGS.fps)
+        world = SyntheticWorld(config.data.synthetic, system.head)
+        avatar, _ = inference.reconstruct_from_dataset(system, params, world, fv.identity, seed=config.seed)
+        source = f"synthetic identity {fv.identity}"
+    inference.save_avatar(out, avatar, system, source=source)
+    print(f"wrote {out}")
+
+
+def run_animate(fv: flags.FlagValues) -> None:
+    from flexavatar_jax import inference
+    from flexavatar_jax.data import driving, media
+    from flexavatar_jax.data.synthetic import SyntheticWorld
+
+    out, avatar_path = _required(fv, "out"), _required(fv, "avatar")
+    if (fv.motion is None) == (fv.driver_identity is None):
+        raise UsageError("animate needs exactly one of --motion or --driver_identity")
+    config, system, params = _loaded(fv)
+    avatar, _ = inference.load_avatar(avatar_path, system)
+    if fv.motion is not None:
+        motion = driving.take_frames(driving.load_motion(fv.motion, system.head.num_expression), fv.frames)
+    else:
+        world = SyntheticWorld(config.data.synthetic, system.head)
+        motion = driving.driving_sequence(world, fv.driver_identity, fv.frames)
+    media.write_video(out, inference.animate_frames(system, params, avatar, motion), fps=fv.fps)
     stem, _ = os.path.splitext(out)
-    media.write_video(f"{stem}_turntable.gif", avatars.turntable_frames(system, params, avatar), fps=12)
-    return f"{out}, {stem}_turntable.gif"
+    media.write_video(f"{stem}_turntable.gif", inference.turntable_frames(system, params, avatar), fps=12)
+    print(f"wrote {out}, {stem}_turntable.gif")
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) != 2 or argv[1] not in COMMANDS:
-        raise app.UsageError(f"usage: flexavatar-jax {{{'|'.join(COMMANDS)}}} [flags]; got {argv[1:]}")
-    command = argv[1]
-    if command == "preview-head":
-        from flexavatar_jax.preview import preview_head
+def run_export(fv: flags.FlagValues) -> None:
+    from flexavatar_jax import inference
 
-        model, names = _load_head()
-        paths = preview_head(model, FLAGS.out, seed=FLAGS.seed, size=FLAGS.size, expression_names=names)
-        info = head_info()
-        out = pathlib.Path(FLAGS.out)
-        (out / "head_info.json").write_text(json.dumps(info, indent=2))
-        for p in paths:
-            logging.info("wrote %s", p)
-        print(json.dumps(info, indent=2))
-        print("preview images: " + ", ".join(str(p) for p in paths))
-    elif command == "head-info":
-        print(json.dumps(head_info(), indent=2))
-    elif command in ("make-dataset", "preview-data"):
-        from flexavatar_jax.data.synthetic import SyntheticConfig, SyntheticWorld
+    out, avatar_path = _required(fv, "out"), _required(fv, "avatar")
+    _, system, params = _loaded(fv)
+    avatar, _ = inference.load_avatar(avatar_path, system)
+    n = inference.export_avatar_ply(system, params, avatar, out)
+    print(f"wrote {out} ({n:,} Gaussians)")
 
-        cfg = _require_config()
-        out = pathlib.Path(FLAGS.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(cfg.to_json_best_effort(indent=2))
-        world = SyntheticWorld(SyntheticConfig(**cfg.synthetic.to_dict()))
-        if command == "make-dataset":
-            from flexavatar_jax.data.make_dataset import make_dataset
 
-            paths = make_dataset(world, out, cfg.num_identities, cfg.split, cfg.cameras_per_frame, cfg.frame_stride,
-                                 cfg.val_fraction, overwrite=FLAGS.overwrite)
-            print(f"wrote {len(paths)} identity sequences under {out}")
-        else:
-            from flexavatar_jax.preview import preview_data
+_RUN = _flags(_config_flag("configs/flexavatar.py:tiny"), _workdir)
+_DATASET = _config_flag("configs/synthetic_data.py:tiny")
 
-            print(f"wrote {preview_data(world, out)}")
-    elif command == "summary":
-        print(summary())
-    elif command == "train":
-        from flexavatar_jax.train.reports import train_and_evaluate
+COMMANDS: dict[str, Command] = {
+    "preview-head": Command("Render the head model (neutral views, random shapes, expressions) and its statistics.",
+                            _flags(_out("out/preview_head", "Output directory."), _head, _preview_head_flags,
+                                   _uv_resolution), run_preview_head),
+    "head-info": Command("Print the head model's statistics as JSON.", _flags(_head, _uv_resolution), run_head_info),
+    "make-dataset": Command("Write synthetic identities as VHAP sequence folders.",
+                            _flags(_DATASET, _out(None, "Output directory (one folder per identity)."), _overwrite),
+                            run_make_dataset),
+    "preview-data": Command("Contact sheets of the synthetic data engine.",
+                            _flags(_DATASET, _out(None, "Output directory.")), run_preview_data),
+    "summary": Command("Parameter counts per module and Gaussians per avatar (nothing is allocated).",
+                       _flags(_config_flag("configs/flexavatar.py:base"), _summary_flags), run_summary),
+    "train": Command("Train (re-run to resume), then evaluate on held-out identities.", _RUN, run_train),
+    "eval": Command("Held-out evaluation of the newest checkpoint against the untrained model.", _RUN, run_eval),
+    "refine": Command("Per-identity refinement of held-out identities, PSNR before/after.", _RUN, run_refine),
+    "reconstruct": Command("An avatar file from 1-4 photos or a synthetic identity.",
+                           _flags(_RUN, _reconstruct_flags, _out(None, "The avatar .npz to write.")),
+                           run_reconstruct),
+    "animate": Command("A video of an avatar driven by a motion (and a turntable GIF).",
+                       _flags(_RUN, _avatar_flag, _animate_flags, _out(None, "The video to write (.gif/.mp4).")),
+                       run_animate),
+    "export": Command("A 3DGS .ply of an avatar (neutral expression) for splat viewers.",
+                      _flags(_RUN, _avatar_flag, _out(None, "The .ply to write.")), run_export),
+}
 
-        train_and_evaluate(_require_config(), _require_workdir())
-    elif command == "eval":
-        from flexavatar_jax.train.reports import evaluate_workdir
 
-        evaluate_workdir(_require_config(), _require_workdir())
-    elif command == "refine":
-        from flexavatar_jax.train.refine import refine_workdir
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"usage: {PROG} COMMAND [flags]   ({PROG} COMMAND --help lists a command's flags)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {cmd.summary}" for name, cmd in COMMANDS.items()]
+    return "\n".join(lines)
 
-        refine_workdir(_require_config(), _require_workdir())
-    elif command in AVATAR_COMMANDS:
-        if not FLAGS["out"].present:
-            raise app.UsageError(f"{command} needs --out (the file to write)")
-        print(f"wrote {avatar_command(command)}")
+
+def main(argv: list[str]) -> int:
+    """Run `argv[1]` with the flags `argv[2:]`; returns the exit code."""
+    if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if len(argv) >= 2 else 2
+    name, rest = argv[1], argv[2:]
+    if name not in COMMANDS:
+        print(f"{PROG}: error: unknown command {name!r}\n{usage()}", file=sys.stderr)
+        return 2
+    command = COMMANDS[name]
+    fv = flags.FlagValues()
+    command.define(fv, [f"{PROG} {name}", *rest])
+    if any(a in ("-h", "--help", "-help", "--helpfull") for a in rest):
+        print(f"usage: {PROG} {name} [flags]\n\n{command.summary}\n")
+        print(fv.get_help(include_special_flags=False))
+        return 0
+    try:
+        try:
+            positional = fv([f"{PROG} {name}", *rest])
+        except (AttributeError, KeyError) as e:  # ml_collections: an override of a field the config lacks
+            raise UsageError(f"bad config override: {e}") from None
+        if len(positional) > 1:
+            raise UsageError(f"unexpected arguments {positional[1:]} (flags are --name=value)")
+        # absl logging reads the global flags: parse them (empty) so library logging works.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS([PROG])
+        command.run(fv)
+    except (UsageError, flags.Error) as e:
+        print(f"{PROG} {name}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def run() -> None:
     """Console-script entry point."""
-    app.run(main, argv=sys.argv)
+    logging.use_absl_handler()
+    sys.exit(main(sys.argv))
 
 
 if __name__ == "__main__":
