@@ -103,7 +103,7 @@ class ModelConfig:
     grid: int = 32
     lifter: LifterConfig = LifterConfig()
     uv_resolution: int = 256
-    dense_regions: FrozenDict = FrozenDict()
+    dense_regions: FrozenDict = FrozenDict({"scalp": 2})
     decoder: DecoderConfig = DecoderConfig()
     unet: UNetConfig = UNetConfig()
     driving: str = "position_map"
@@ -123,33 +123,29 @@ class ModelConfig:
 
 # ---------------------------------------------------------------------------------------------- data
 @frozen
-class DataConfig:
-    """Training data. `source` synthetic | vhap (then `vhap_folders`, comma-separated);
-    `num_identities` training ids [0, N) (the scaling-law knob); `num_heldout` held-out ids;
-    `synthetic` the synthetic world (its `image_size` is `model.image_size`); per example
-    `min_inputs`..`max_inputs` input views and `num_targets` targets, `reconstruction_prob` of
-    targets being the input frames themselves, `examples_per_identity` per epoch; `balance`
-    expression balancing; `worker_count` grain workers; `memoize_examples` > 0 keeps up to that
-    many rendered examples in memory (CPU runs)."""
+class DataConfig(ExampleConfig):
+    """Training data: what `data.pipeline.ExampleSource` reads (the `ExampleConfig` fields: per
+    example `min_inputs`..`max_inputs` input views and `num_targets` targets, `reconstruction_prob`
+    of targets being the input frames themselves, `examples_per_identity` per epoch, `balance`
+    expression balancing, `input_annotations` input cameras and tracked parameters, switched on
+    anyway for a lifter that reads them) plus: `source` synthetic | vhap (then `vhap_folders`,
+    comma-separated); `num_identities` training ids [0, N) (the scaling-law knob); `num_heldout`
+    held-out ids; `synthetic` the synthetic world (its `image_size` is `model.image_size`);
+    `worker_count` grain workers; `memoize_examples` > 0 keeps up to that many rendered examples
+    in memory (CPU runs)."""
 
     source: str = "synthetic"
     vhap_folders: str = ""
     num_identities: int = 1000
     num_heldout: int = 8
     synthetic: SyntheticConfig = SyntheticConfig()
-    min_inputs: int = 1
-    max_inputs: int = 4
-    num_targets: int = 4
-    reconstruction_prob: float = 0.3
-    examples_per_identity: int = 64
-    balance: BalanceConfig = BalanceConfig()
     worker_count: int = 0
     memoize_examples: int = 0
 
-    def example_config(self, input_annotations: bool) -> ExampleConfig:
-        """What `data.pipeline.ExampleSource` reads (`input_annotations`: the lifter needs cameras)."""
-        names = {f.name for f in dataclasses.fields(ExampleConfig)} - {"input_annotations"}
-        return ExampleConfig(input_annotations=input_annotations, **{n: getattr(self, n) for n in names})
+    def example_config(self, needs_cameras: bool) -> ExampleConfig:
+        """The `ExampleConfig` part, with input annotations when the lifter `needs_cameras`."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(ExampleConfig)}
+        return ExampleConfig(**dict(fields, input_annotations=self.input_annotations or needs_cameras))
 
 
 # ---------------------------------------------------------------------------------------------- losses

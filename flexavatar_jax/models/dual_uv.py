@@ -18,27 +18,21 @@ from jaxtyping import Array, Float
 
 from flexavatar_jax.models import uv_projection as uvp
 from flexavatar_jax.models.attention import SelfAttentionBlock, constrain_tokens, dense, layer_norm
-from flexavatar_jax.models.views import InputViews, Lifter, require
+from flexavatar_jax.models.views import InputViews, require
 
 _UV_AXES = ("batch", "uv_h", "uv_w", "embed")
 
 
-class DualUVLifter(Lifter):
+class DualUVLifter(uvp.ProjectionLifter):
     """`(patch_tokens [b,v,hp,wp,d_in], views, train) -> uv_tokens [b,G,G,width]`; `depth` MAE in-fill
-    transformer blocks over the G² texels.
+    transformer blocks over the G² texels; texels with a Core-UV coverage below `coverage_threshold`
+    are mask tokens.
 
     Needs `views.viewmats`, `views.Ks` and `views.params` (raises ValueError naming the missing).
-    Projection knobs: `oversample`, `kernel_radius` (texels), `shell_offset` (metres),
-    `shell_grid` (default G//2, at least 1), `depth_tolerance` (metres),
-    `zbuffer_cells_per_patch`, and `coverage_threshold` below which a texel is a mask token."""
+    Its own projection knobs: `shell_offset` (metres) and `shell_grid` (default G//2, at least 1)."""
 
-    oversample: int = 2
-    kernel_radius: float = 1.0
     shell_offset: float = uvp.DEFAULT_SHELL_OFFSET
     shell_grid: int | None = None
-    depth_tolerance: float = uvp.DEFAULT_DEPTH_TOLERANCE
-    zbuffer_cells_per_patch: int = 1
-    coverage_threshold: float = 0.05
 
     @nn.compact
     def __call__(self, patch_tokens: Float[Array, "b v hp wp d"], views: InputViews,

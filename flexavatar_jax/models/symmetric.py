@@ -8,7 +8,7 @@ Two kinds of UV features meet:
   global full-head features from a 3D-GAN prior; learned queries are this repository's stand-in.
 * **Local UV features** F_l with visibility mask M (Eq. 3): the closed-form projection of the
   patch tokens into UV (`uv_projection.lift_views`, Core-UV only),
-  `F_l(t) = Σ_i m_i k(Δuv_i,t) f_i / (Σ_i m_i k + ε)`, `M(t) = [coverage(t) ≥ visibility_threshold]`.
+  `F_l(t) = Σ_i m_i k(Δuv_i,t) f_i / (Σ_i m_i k + ε)`, `M(t) = [coverage(t) ≥ coverage_threshold]`.
 
 **Flip-and-fill** (Eq. 4). Faces are nearly symmetric, so an occluded texel t borrows the local
 feature of its mirrored texel t* = `head.uv.uv_mirror_map(head, G)[t]` (a (row, col) gather; FLAME's
@@ -40,7 +40,7 @@ from flexavatar_jax.head import uv as uvt
 from flexavatar_jax.models import uv_projection as uvp
 from flexavatar_jax.models.attention import (MLP, CrossAttentionBlock, Dtype, HeadMerge, HeadProjection, constrain_tokens,
                                               dense, head_width, layer_norm)
-from flexavatar_jax.models.views import InputViews, Lifter, require
+from flexavatar_jax.models.views import InputViews, require
 
 _UV_AXES = ("batch", "uv_h", "uv_w", "embed")
 
@@ -138,20 +138,14 @@ class SymmetricWindowBlock(nn.Module):
         return constrain_tokens(x + MLP(int(x.shape[-1] * self.mlp_ratio), self.dtype, name="mlp")(h))
 
 
-class SymmetricUVLifter(Lifter):
+class SymmetricUVLifter(uvp.ProjectionLifter):
     """`(patch_tokens [b,v,hp,wp,d_in], views, train) -> uv_tokens [b,G,G,width]`; `depth` pairs of
-    (global cross-attention, symmetric windowed attention) blocks over w×w windows (`window`, odd).
+    (global cross-attention, symmetric windowed attention) blocks over w×w windows (`window`, odd);
+    the visibility mask M is the Core-UV coverage ≥ `coverage_threshold`.
 
-    Needs `views.viewmats`, `views.Ks` and `views.params` (raises ValueError naming the missing).
-    Projection knobs `oversample`, `kernel_radius`, `depth_tolerance`, `zbuffer_cells_per_patch`,
-    and `visibility_threshold` on the coverage for the mask M."""
+    Needs `views.viewmats`, `views.Ks` and `views.params` (raises ValueError naming the missing)."""
 
     window: int = 7
-    oversample: int = 2
-    kernel_radius: float = 1.0
-    depth_tolerance: float = uvp.DEFAULT_DEPTH_TOLERANCE
-    zbuffer_cells_per_patch: int = 1
-    visibility_threshold: float = 0.05
 
     @nn.compact
     def __call__(self, patch_tokens: Float[Array, "b v hp wp d"], views: InputViews,
@@ -166,7 +160,7 @@ class SymmetricUVLifter(Lifter):
         lifted = uvp.lift_views(self.head, patch_tokens.astype(jnp.float32), views, table,
                                 depth_tolerance=self.depth_tolerance,
                                 zbuffer_cells_per_patch=self.zbuffer_cells_per_patch)
-        visible = (lifted.core_coverage >= self.visibility_threshold).reshape(b, g * g)
+        visible = (lifted.core_coverage >= self.coverage_threshold).reshape(b, g * g)
         # Eq. 4: flip-and-fill through the UV mirror map.
         mirror, has_mirror = mirror_indices(self.head, g)
         filled, filled_mask = flip_and_fill(lifted.core.reshape(b, g * g, d_in), visible, jnp.asarray(mirror),

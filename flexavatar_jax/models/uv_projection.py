@@ -53,7 +53,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from flexavatar_jax.head import HeadModel, HeadParams, lbs
 from flexavatar_jax.head import uv as uvt
-from flexavatar_jax.models.views import InputViews
+from flexavatar_jax.models.views import InputViews, Lifter
 from flexavatar_jax.render.camera import camera_center, project_points
 
 SCATTER_EPS = 1e-6  # Dual-UV's ε in Ũ = Σ m k f / (Σ m k + ε); also the multi-view blend's ε.
@@ -380,3 +380,16 @@ def texel_fourier_features(grid: int, num_frequencies: int) -> Float[np.ndarray,
     # Same layout as attention.fourier_features, in numpy so it stays a constant under jit.
     angles = (uv[:, None, :] * (2.0 ** np.arange(num_frequencies) * np.pi)[:, None]).reshape(grid * grid, -1)
     return np.concatenate([uv, np.sin(angles), np.cos(angles)], -1).astype(np.float32)
+
+
+class ProjectionLifter(Lifter):
+    """Base of the lifters that project image features through the cameras (`dual_uv`,
+    `symmetric`): the knobs of `splat_table` (`oversample` samples per texel side, `kernel_radius`
+    in texels) and `lift_views` (`depth_tolerance` metres, `zbuffer_cells_per_patch`), and the
+    Core-UV `coverage_threshold` below which a texel counts as unseen."""
+
+    oversample: int = 2
+    kernel_radius: float = 1.0
+    depth_tolerance: float = DEFAULT_DEPTH_TOLERANCE
+    zbuffer_cells_per_patch: int = 1
+    coverage_threshold: float = 0.05
