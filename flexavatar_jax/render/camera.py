@@ -35,10 +35,6 @@ def intrinsics_from_fov(
     )
 
 
-def focal_from_fov(fov_deg: float, size: int) -> float:
-    return 0.5 * size / float(np.tan(np.deg2rad(fov_deg) / 2.0))
-
-
 def look_at(
     eye: Float[Array, "*b 3"], target: Float[Array, "*b 3"], up: Float[Array, "*b 3"] | None = None
 ) -> Float[Array, "*b 4 4"]:
