@@ -35,7 +35,6 @@ at 1M Gaussians / 1080p on its own.)
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -43,6 +42,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from absl import app, flags
 
 SCENES = {  # name: (num_gaussians, image size)
     "5k_64": (5_000, 64),
@@ -59,6 +60,26 @@ GPU_SCENES = {  # name: (num_gaussians, width, height, cameras)
 HEAD_SEMI_AXES = (0.08, 0.11, 0.095)  # metres: half width, half height, half depth
 CAMERA_DISTANCE = 0.6
 FRAME_HALF_HEIGHT = 0.12  # metres visible above/below the head centre at the camera distance
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("backend", "jax", ["auto", "jax", "cuda"], "rasterize backend")
+flags.DEFINE_string("out", "out/bench_render.json", "JSON output file")
+flags.DEFINE_integer("repeats", 3, "timed runs per measurement (tiled)")
+flags.DEFINE_integer("dense_repeats", 1, "timed runs per measurement (dense)")
+flags.DEFINE_string("scenes", ",".join(SCENES), f"comma-separated subset of {list(SCENES)}")
+flags.DEFINE_enum("dense", "auto", ["auto", "always", "never"], "run the dense baseline")
+flags.DEFINE_float("dense_budget_s", 900.0, "auto: skip the dense run when its predicted fwd+bwd time exceeds this")
+flags.DEFINE_enum("suite", None, ["cpu", "gpu"],
+                  "cpu: tiled vs dense on SCENES (default for --backend jax/auto); "
+                  "gpu: CUDA vs JAX backend on GPU_SCENES (default for --backend cuda)")
+flags.DEFINE_enum("gsplat", "auto", ["auto", "always", "never"],
+                  "gpu suite: also time gsplat when torch + gsplat are importable")
+flags.DEFINE_string("impls", "cuda,jax", "gpu suite: which of cuda,jax to run (gsplat is controlled by --gsplat)")
+flags.DEFINE_integer("check_max_gaussians", 300_000,
+                     "gpu suite: compare CUDA and JAX images for scenes up to this many Gaussians")
+flags.DEFINE_float("child_timeout_s", 1800.0, "gpu suite: per-process time limit")
+flags.DEFINE_string("child", None, "internal: measure this one scene in this process (set by the parent)")
+flags.DEFINE_string("impl", "tiled", "internal: the implementation the --child process measures")
 
 
 def _peak_rss_mb() -> float:
@@ -103,7 +124,7 @@ def dense_rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width
     import jax.numpy as jnp
 
     from flexavatar_jax.render.projection import ALPHA_THRESHOLD, project_gaussians
-    from flexavatar_jax.render.rasterize import MAX_ALPHA, TRANSMITTANCE_EPS
+    from flexavatar_jax.render.common import MAX_ALPHA, TRANSMITTANCE_EPS
 
     proj = project_gaussians(means, quats, scales, opacities, viewmats, Ks, width, height)
     num_pixels = width * height
@@ -178,14 +199,14 @@ def run_child(scene_name: str, impl: str, backend: str, repeats: int, warmup: bo
     import jax.numpy as jnp
     import numpy as np
 
-    from flexavatar_jax.render.rasterize import rasterize, rasterize_with_diagnostics
+    from flexavatar_jax.render import rasterize
 
     num_gaussians, size = SCENES[scene_name]
     arrays = tuple(jnp.asarray(x) for x in head_scene(num_gaussians, size))
     result = {"scene": scene_name, "impl": impl, "num_gaussians": num_gaussians, "size": size}
     if impl == "tiled":
         render = lambda *a: rasterize(*a, size, size, backend=backend)  # noqa: E731
-        _, _, diag = rasterize_with_diagnostics(*arrays, size, size, backend=backend)
+        _, _, diag = rasterize(*arrays, size, size, backend=backend, return_diagnostics=True)
         counts = np.asarray(diag.tile_counts)
         result.update(
             intersections=int(counts.sum()), max_gaussians_in_a_tile=int(counts.max()),
@@ -226,7 +247,7 @@ def run_gpu_child(scene_name: str, impl: str, repeats: int, check_max_gaussians:
     import jax.numpy as jnp
     import numpy as np
 
-    from flexavatar_jax.render.rasterize import rasterize, rasterize_with_diagnostics
+    from flexavatar_jax.render import rasterize
 
     result["device"] = jax.devices()[0].device_kind
     arrays = tuple(jnp.asarray(x) for x in scene)
@@ -236,7 +257,7 @@ def run_gpu_child(scene_name: str, impl: str, repeats: int, check_max_gaussians:
     forward = _compile_and_time(render, arrays, repeats, True, result, "peak_gpu_{}_mb",
                                 lambda: (_gpu_peak_bytes() or 0) / 2**20)
 
-    _, _, diag = rasterize_with_diagnostics(*arrays, width, height, backend=impl)
+    _, _, diag = rasterize(*arrays, width, height, backend=impl, return_diagnostics=True)
     counts = np.asarray(diag.tile_counts)
     result.update(intersections=int(counts.sum()), max_gaussians_in_a_tile=int(counts.max()),
                   overflow=int(np.sum(diag.overflow)), visible_gaussians=int(np.sum(diag.valid)))
@@ -390,38 +411,19 @@ def _spawn(scene_name: str, impl: str, args) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", default="jax", choices=("auto", "jax", "cuda"))
-    parser.add_argument("--out", default="out/bench_render.json", help="JSON output file")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (tiled)")
-    parser.add_argument("--dense_repeats", type=int, default=1, help="timed runs per measurement (dense)")
-    parser.add_argument("--scenes", default=",".join(SCENES), help=f"comma-separated subset of {list(SCENES)}")
-    parser.add_argument("--dense", default="auto", choices=("auto", "always", "never"))
-    parser.add_argument("--dense_budget_s", type=float, default=900.0,
-                        help="auto: skip the dense run when its predicted fwd+bwd time exceeds this")
-    parser.add_argument("--suite", default=None, choices=("cpu", "gpu"),
-                        help="cpu: tiled vs dense on SCENES (default for --backend jax/auto); "
-                             "gpu: CUDA vs JAX backend on GPU_SCENES (default for --backend cuda)")
-    parser.add_argument("--gsplat", default="auto", choices=("auto", "always", "never"),
-                        help="gpu suite: also time gsplat when torch + gsplat are importable")
-    parser.add_argument("--impls", default="cuda,jax",
-                        help="gpu suite: which of cuda,jax to run (gsplat is controlled by --gsplat)")
-    parser.add_argument("--check_max_gaussians", type=int, default=300_000,
-                        help="gpu suite: compare CUDA and JAX images for scenes up to this many Gaussians")
-    parser.add_argument("--child_timeout_s", type=float, default=1800.0, help="gpu suite: per-process time limit")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--impl", default="tiled", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+def main(argv) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    args = FLAGS
     suite = args.suite or ("gpu" if args.backend == "cuda" else "cpu")
-    if args.out == parser.get_default("out") and suite == "gpu":
+    if args.out == FLAGS["out"].default and suite == "gpu":
         args.out = "out/bench_render_gpu.json"
 
     if args.child and suite == "gpu":
         print(json.dumps(run_gpu_child(args.child, args.impl, args.repeats, args.check_max_gaussians)))
         return 0
     if suite == "gpu":
-        if args.scenes == parser.get_default("scenes"):
+        if args.scenes == FLAGS["scenes"].default:
             args.scenes = ",".join(GPU_SCENES)
         return main_gpu(args)
     if args.child:
@@ -483,4 +485,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    app.run(main)

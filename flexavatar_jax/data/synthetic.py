@@ -27,7 +27,7 @@ from flexavatar_jax.head import HeadModel, HeadParams, lbs
 from flexavatar_jax.head import uv as uvt
 from flexavatar_jax.head.procedural import load_procedural_arrays, load_procedural_head
 from flexavatar_jax.head.rotations import matrix_to_quat
-from flexavatar_jax.render.rasterize import rasterize
+from flexavatar_jax.render import rasterize
 
 HELDOUT_OFFSET = 1_000_000
 BACKGROUNDS = ("white", "black", "random")

@@ -1,11 +1,6 @@
 """Rendering: Gaussian rasterization backends, cameras, mesh z-buffer."""
 
-from flexavatar_jax.render.rasterize import (
-    MAX_ALPHA,
-    RasterDiagnostics,
-    TileOverflowWarning,
-    rasterize,
-    rasterize_with_diagnostics,
-)
+from flexavatar_jax.render.common import MAX_ALPHA, RasterDiagnostics, RasterOptions, TileOverflowWarning
+from flexavatar_jax.render.rasterization import rasterize
 
-__all__ = ["MAX_ALPHA", "RasterDiagnostics", "TileOverflowWarning", "rasterize", "rasterize_with_diagnostics"]
+__all__ = ["MAX_ALPHA", "RasterDiagnostics", "RasterOptions", "TileOverflowWarning", "rasterize"]

@@ -1,6 +1,6 @@
 """CUDA backend of `rasterize`: the kernels of `kernels/splat` behind XLA FFI custom calls.
 
-Same semantics as the pure-JAX backend (`projection.py`, `rasterize.py`: gsplat 1.5.3 classic
+Same semantics as the pure-JAX backend (`projection.py`, `jax_backend.py`: gsplat 1.5.3 classic
 mode), same outputs and `RasterDiagnostics`. The two agree up to float32 rounding (images within
 1e-4, gradients within 1e-3 relative; the backward recovers T by division where the JAX backend
 works in log space), except where rounding flips a discrete decision: α within an ulp of 1/255,
@@ -14,7 +14,7 @@ Stages and custom VJPs (kernels/splat/ffi.cu):
                  VJP = `flexavatar_splat_rasterize_bwd`.
 JAX's autodiff chains the two (and handles the background blend and expected-depth division,
 which stay in JAX), so gradients reach means, quats, scales, opacities, colors, backgrounds,
-viewmats and Ks; near/far/eps2d get zero gradients.
+viewmats and Ks; near/far/eps2d are static `RasterOptions` (constants here).
 
 Intersections under static shapes: the forward sorts (camera, Gaussian) pairs by full-precision
 depth on the device, prefix-sums the tiles each touches and writes the (Gaussian, tile) pairs
@@ -36,13 +36,12 @@ Library: `flexavatar_jax/render/_splat_cuda.so` (built by `pip install`, see set
 path in $FLEXAVATAR_SPLAT_LIB; loaded with ctypes and registered for platform "CUDA" on first
 use. `is_available()` / `unavailable_reason()` never raise. Build or inspect from a checkout:
 
-    python -m flexavatar_jax.render.cuda_backend build [--arch sm_90] [--out PATH]
+    python -m flexavatar_jax.render.cuda_backend build [--arch sm_90] [--out PATH] [--jobs N]
     python -m flexavatar_jax.render.cuda_backend status
 """
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import functools
 import importlib.util
@@ -56,8 +55,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
-from flexavatar_jax.render.rasterize import RasterDiagnostics, _finish_images, _prepare_inputs
+from flexavatar_jax.render.common import RasterDiagnostics, RasterOptions, finish_images, prepare_inputs
 
 LIBRARY_ENV = "FLEXAVATAR_SPLAT_LIB"
 LIBRARY_NAME = "_splat_cuda.so"
@@ -315,28 +315,23 @@ def _composite_vjp_bwd(setup, residuals, cotangents):
 _composite.defvjp(_composite_vjp_fwd, _composite_vjp_bwd)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("width", "height", "tile_size", "render_mode", "capacity", "max_intersections"),
-)
-def rasterize_cuda(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, near_plane, far_plane, eps2d,
-                   *, width, height, tile_size, render_mode, capacity, max_intersections):
-    """The CUDA-backend twin of `rasterize._rasterize_jax`: (images, alphas, RasterDiagnostics).
+@functools.partial(jax.jit, static_argnames=("width", "height", "options"))
+def rasterize_cuda(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, *, width: int, height: int,
+                   options: RasterOptions):
+    """The CUDA-backend twin of `jax_backend.rasterize_jax`: (images, alphas, RasterDiagnostics).
 
-    Arguments are validated by `rasterize_with_diagnostics`; `capacity` and `max_intersections`
-    are the resolved ints. The FFI targets must be registered for the platform this runs on.
+    Arguments are validated by `rasterize`; `options` has both capacities resolved to ints. The
+    FFI targets must be registered for the platform this runs on.
     """
     f32 = jnp.float32
     requested_gaussians = means.shape[0]
-    means, quats, scales, opacities, colors, viewmats, Ks = _prepare_inputs(
+    means, quats, scales, opacities, colors, viewmats, Ks = prepare_inputs(
         means, quats, scales, opacities, colors, viewmats, Ks, f32)
-    render_colors = render_mode in ("RGB", "RGB+D")
-    with_depth = render_mode in ("D", "RGB+D")
     colors_finite = jnp.all(jnp.isfinite(colors), axis=-1)
-    extra_valid = colors_finite if render_colors else jnp.ones(colors_finite.shape, bool)
-    planes = jnp.stack([jnp.asarray(x, f32) for x in (near_plane, far_plane, eps2d)])
-    setup = _Setup(int(width), int(height), int(tile_size), render_colors, with_depth, int(capacity),
-                   int(max_intersections))
+    extra_valid = colors_finite if options.render_colors else jnp.ones(colors_finite.shape, bool)
+    planes = jnp.stack([jnp.asarray(x, f32) for x in (options.near_plane, options.far_plane, options.eps2d)])
+    setup = _Setup(int(width), int(height), options.tile_size, options.render_colors, options.render_depth,
+                   options.max_gaussians_per_tile, options.max_intersections)
 
     means2d, depths, conics, radii, valid, tiles_per_gaussian = _project(
         means, quats, scales, opacities, extra_valid, viewmats, Ks, planes, setup
@@ -346,7 +341,7 @@ def rasterize_cuda(means, quats, scales, opacities, colors, viewmats, Ks, backgr
         means2d, depths, conics, radii, valid, tiles_per_gaussian, opacities, colors, setup
     )
 
-    images, alphas = _finish_images(features, trans[..., None], colors.shape[1], render_mode, backgrounds)
+    images, alphas = finish_images(features, trans[..., None], colors.shape[1], options.render_mode, backgrounds)
 
     keep = slice(0, requested_gaussians)
     diagnostics = RasterDiagnostics(
@@ -385,26 +380,63 @@ def _kernel_build_module():
     return module
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flexavatar_jax.render.cuda_backend",
-                                     description="Build or inspect the CUDA splatting library.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    build = sub.add_parser("build", help="compile kernels/splat with nvcc")
-    build.add_argument("--arch", default=None, help="e.g. sm_90 or sm_80,sm_90 (default $FLEXAVATAR_CUDA_ARCH or sm_90)")
-    build.add_argument("--out", default=None, help=f"output library (default {_PACKAGE_DIR / LIBRARY_NAME})")
-    build.add_argument("--jobs", type=int, default=None, help="parallel nvcc processes")
-    sub.add_parser("status", help="say whether the CUDA backend can run here, and why not")
-    args = parser.parse_args(argv)
+_PROG = "python -m flexavatar_jax.render.cuda_backend"
+_COMMANDS = {
+    "build": "compile kernels/splat with nvcc",
+    "status": "say whether the CUDA backend can run here, and why not",
+}
+_BUILD_FLAGS = ("arch", "out", "jobs")
 
-    if args.command == "status":
+
+def _command_flags() -> flags.FlagValues:
+    """This command's flags, in a FlagValues of their own: the package CLI owns absl's global
+    FLAGS, and `--help` should list these flags only."""
+    fv = flags.FlagValues()
+    flags.DEFINE_string("arch", None, "build: e.g. sm_90 or sm_80,sm_90 (default $FLEXAVATAR_CUDA_ARCH or sm_90)",
+                        flag_values=fv)
+    flags.DEFINE_string("out", None, f"build: output library (default {_PACKAGE_DIR / LIBRARY_NAME})", flag_values=fv)
+    flags.DEFINE_integer("jobs", None, "build: parallel nvcc processes", flag_values=fv)
+    flags.DEFINE_bool("help", False, "show this help and exit", short_name="h", flag_values=fv)
+    return fv
+
+
+def _usage(fv: flags.FlagValues) -> str:
+    commands = "\n".join(f"  {name:<8}{what}" for name, what in _COMMANDS.items())
+    # absl heads the flag list with the defining module's name (a file path under `python -m`).
+    flag_lines = fv.get_help(include_special_flags=False).strip("\n").split("\n")[1:]
+    return (f"usage: {_PROG} {{build,status}} [--arch ARCH] [--out PATH] [--jobs N]\n\n"
+            f"Build or inspect the CUDA splatting library.\n\ncommands:\n{commands}\n\nflags:\n"
+            + "\n".join(flag_lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`build` or `status` (see the module docstring); argv excludes the program name. Returns the
+    exit status: 0 on success, 1 when the build fails or the backend is unavailable, 2 for bad usage."""
+    fv = _command_flags()
+    try:
+        commands = fv([_PROG, *(sys.argv[1:] if argv is None else argv)])[1:]
+    except flags.Error as err:
+        print(f"{_PROG}: {err}\n\n{_usage(fv)}", file=sys.stderr)
+        return 2
+    if fv.help:
+        print(_usage(fv))
+        return 0
+    if len(commands) != 1 or commands[0] not in _COMMANDS:
+        print(f"{_PROG}: expected one command, build or status; got {commands}\n\n{_usage(fv)}", file=sys.stderr)
+        return 2
+    if commands[0] == "status":
+        stray = [f"--{name}" for name in _BUILD_FLAGS if fv[name].present]
+        if stray:
+            print(f"{_PROG}: {', '.join(stray)}: flags of build, not status", file=sys.stderr)
+            return 2
         ok, reason = _probe()
         print(f"library: {library_path()}")
         print("CUDA backend: available" if ok else f"CUDA backend: unavailable: {reason}")
         return 0 if ok else 1
     kernel_build = _kernel_build_module()
-    out = Path(args.out) if args.out else _PACKAGE_DIR / LIBRARY_NAME
+    out = Path(fv.out) if fv.out else _PACKAGE_DIR / LIBRARY_NAME
     try:
-        kernel_build.build_cuda(out, arch=args.arch, jobs=args.jobs, verbose=True)
+        kernel_build.build_cuda(out, arch=fv.arch, jobs=fv.jobs, verbose=True)
     except kernel_build.BuildError as err:
         print(f"build failed: {err}", file=sys.stderr)
         return 1

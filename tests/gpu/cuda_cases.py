@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flexavatar_jax.render import camera
-from flexavatar_jax.render.rasterize import TileOverflowWarning, rasterize, rasterize_with_diagnostics
+from flexavatar_jax.render import TileOverflowWarning, rasterize
 
 IMAGE_ATOL = 1e-4
 GRAD_RTOL = 1e-3
@@ -115,7 +115,8 @@ def render(backend: str, scene: dict, width: int, height: int, **kw):
     arrays, backgrounds = _split(scene)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TileOverflowWarning)
-        out = rasterize_with_diagnostics(*arrays, width, height, backgrounds=backgrounds, backend=backend, **kw)
+        out = rasterize(*arrays, width, height, backgrounds=backgrounds, backend=backend, return_diagnostics=True,
+                        **kw)
     return jax.tree.map(np.asarray, out)
 
 

@@ -33,7 +33,7 @@ if not _cuda_devices():
                 allow_module_level=True)
 
 from flexavatar_jax.render import cuda_backend  # noqa: E402
-from flexavatar_jax.render.rasterize import rasterize, rasterize_with_diagnostics  # noqa: E402
+from flexavatar_jax.render import rasterize  # noqa: E402
 from tests.gpu import cuda_cases as cases  # noqa: E402
 
 W, H = 96, 80
@@ -130,9 +130,9 @@ def test_forward_is_deterministic():
 
 def test_float64_inputs_are_rendered_in_float32():
     scene = {k: v.astype(np.float64) for k, v in cases.random_scene(12, 300, 1, 3, W, H).items()}
-    images, _, diagnostics = rasterize_with_diagnostics(
+    images, _, diagnostics = rasterize(
         *(scene[k] for k in ("means", "quats", "scales", "opacities", "colors", "viewmats", "Ks")), W, H,
-        backend="cuda",
+        backend="cuda", return_diagnostics=True,
     )
     assert images.dtype == jnp.float32 and diagnostics.means2d.dtype == jnp.float32
 

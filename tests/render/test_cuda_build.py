@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from flexavatar_jax.render import cuda_backend
-from flexavatar_jax.render.rasterize import rasterize
+from flexavatar_jax.render import rasterize
 from tests.gpu import cuda_cases as cases
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,6 +92,22 @@ def test_build_rejects_bad_architecture():
         kernel_build.parse_arch("compute_bogus")
     assert kernel_build.parse_arch("80, sm_90") == ["sm_80", "sm_90"]
     assert cuda_backend.main(["build", "--arch", "bogus!", "--out", "/nonexistent/x.so"]) == 1
+
+
+def test_command_line_has_its_own_flags(capsys):
+    from absl import flags
+
+    import flexavatar_jax.cli  # noqa: F401 - defines the package CLI's flags on the global FLAGS
+
+    assert "arch" not in flags.FLAGS  # nothing defined on the shared namespace
+    assert cuda_backend.main(["--help"]) == 0
+    shown = capsys.readouterr().out
+    assert all(f"--{name}" in shown for name in ("arch", "out", "jobs")) and "--workdir" not in shown
+    assert cuda_backend.main([]) == 2  # no command
+    assert cuda_backend.main(["install"]) == 2
+    assert cuda_backend.main(["build", "--jobs", "many"]) == 2
+    assert cuda_backend.main(["status", "--arch", "sm_90"]) == 2  # build-only flag
+    assert "expected one command" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Tests for `flexavatar_jax.render.rasterize` against an independent dense float64 reference.
+"""Tests for `flexavatar_jax.render.rasterize` (pure-JAX backend) against an independent dense
+float64 reference.
 
 The reference below is written from the gsplat 1.5.3 formulas (not from the module under test):
 every pixel is tested against every Gaussian, Gaussians are ordered by camera depth and composited
@@ -8,6 +9,7 @@ the tiling never drops a contribution.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import jax
@@ -16,13 +18,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from flexavatar_jax.render import camera
-from flexavatar_jax.render.rasterize import (
-    MAX_ALPHA,
-    TileOverflowWarning,
-    rasterize,
-    rasterize_with_diagnostics,
-)
+from flexavatar_jax.render import MAX_ALPHA, RasterDiagnostics, RasterOptions, TileOverflowWarning, camera, rasterize
 
 # --------------------------------------------------------------------------------------------
 # Dense float64 reference
@@ -142,6 +138,10 @@ def call(fn, scene, width=40, height=32, **kw):
     return fn(*args, width, height, **kw)
 
 
+def with_diagnostics(*args, **kw):
+    return rasterize(*args, return_diagnostics=True, **kw)
+
+
 def assert_close_to_reference(ours, ref):
     err = np.abs(np.asarray(ours, np.float64) - ref)
     per_pixel = err.reshape(-1, err.shape[-1]).max(-1)
@@ -180,7 +180,7 @@ def test_matches_dense_reference(seed, num_gaussians, num_views, channels, with_
     if with_background:
         backgrounds = np.random.default_rng(seed).uniform(0, 1, (num_views, channels)).astype(np.float32)
     images, alphas, diag = call(
-        rasterize_with_diagnostics, scene, backgrounds=backgrounds, tile_size=tile_size, render_mode=render_mode
+        with_diagnostics, scene, backgrounds=backgrounds, tile_size=tile_size, render_mode=render_mode
     )
     ref_images, ref_alphas, ref_counts = reference_render(
         **scene, width=40, height=32, backgrounds=backgrounds, render_mode=render_mode
@@ -358,7 +358,7 @@ def test_gradients_with_early_termination_match_finite_differences():
 
 def test_hand_written_chunk_vjp_matches_autodiff():
     """The compositor's backward for one chunk equals jax.vjp of its forward definition."""
-    from flexavatar_jax.render.rasterize import _chunk_backward, _chunk_composite, _pixel_moment_basis
+    from flexavatar_jax.render.jax_backend import _chunk_backward, _chunk_composite, _pixel_moment_basis
 
     rng = np.random.default_rng(4)
     chunk, tile, features = 64, 16, 5
@@ -428,7 +428,7 @@ def test_diagnostics_are_consistent():
     width, height, tile = 40, 32, 16
     with warnings.catch_warnings():
         warnings.simplefilter("error", TileOverflowWarning)  # no overflow, no warning
-        _, _, diag = call(rasterize_with_diagnostics, scene, backgrounds=standard_backgrounds())
+        _, _, diag = call(with_diagnostics, scene, backgrounds=standard_backgrounds())
     assert int(np.sum(diag.overflow)) == 0
     radii, means2d = np.asarray(diag.radii), np.asarray(diag.means2d)
     # Brute-force tile counts from the reported boxes.
@@ -464,7 +464,7 @@ def test_diagnostics_are_consistent():
 def test_tile_capacity_overflow_is_counted_and_warned():
     scene = random_scene(12, 200, 1, 3)
     with pytest.warns(TileOverflowWarning, match="max_gaussians_per_tile"):
-        _, _, diag = call(rasterize_with_diagnostics, scene, max_gaussians_per_tile=5)
+        _, _, diag = call(with_diagnostics, scene, max_gaussians_per_tile=5)
     expected = np.sum(np.maximum(np.asarray(diag.tile_counts) - 5, 0))
     assert expected > 0 and int(diag.overflow[0]) == expected
     np.testing.assert_array_equal(diag.tile_composited, np.minimum(diag.tile_counts, 5))
@@ -479,7 +479,7 @@ def test_intersection_buffer_overflow_is_counted_and_warned():
     scene = random_scene(12, 200, 1, 3)
     # The buffer keeps the pairs of the nearest Gaussians; everything else is reported.
     with pytest.warns(TileOverflowWarning, match="max_intersections"):
-        _, _, diag = call(rasterize_with_diagnostics, scene, max_intersections=50)
+        _, _, diag = call(with_diagnostics, scene, max_intersections=50)
     assert int(diag.overflow[0]) == int(np.sum(diag.tile_counts)) - 50
     assert int(np.sum(diag.tile_composited)) == 50
 
@@ -488,7 +488,7 @@ def test_capacity_keeps_the_nearest_gaussians():
     """With capacity k, a tile renders exactly like its k nearest Gaussians alone."""
     scene = random_scene(13, 40, 1, 3, width=16, height=16)
     with pytest.warns(TileOverflowWarning):
-        images, _, diag = call(rasterize_with_diagnostics, scene, width=16, height=16, max_gaussians_per_tile=10)
+        images, _, diag = call(with_diagnostics, scene, width=16, height=16, max_gaussians_per_tile=10)
     assert int(diag.tile_counts[0, 0, 0]) > 10
     kept = np.asarray(diag.flatten_ids[:10])
     subset = {k: (v[kept] if k not in ("viewmats", "Ks") else v) for k, v in scene.items()}
@@ -573,6 +573,44 @@ def test_bad_arguments_raise_value_error_naming_the_problem(name, kwargs):
         rasterize(**kwargs)
 
 
+def test_unknown_option_raises_type_error_naming_it_and_the_valid_ones():
+    s = random_scene(15, 10, 2, 3)
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['tile_szie'\].*'tile_size'.*'max_intersections'"):
+        call(rasterize, s, tile_szie=8)
+    with pytest.raises(TypeError, match="RasterOptions"):
+        call(rasterize, s, options={"tile_size": 8})
+
+
+def test_options_are_checked_static_and_hashable():
+    options = RasterOptions(near_plane=np.float32(0.5), tile_size=np.int64(8))
+    assert options == RasterOptions(near_plane=float(np.float32(0.5)), tile_size=8)
+    assert hash(options) == hash(RasterOptions(near_plane=float(np.float32(0.5)), tile_size=8))
+    assert type(options.near_plane) is float and type(options.tile_size) is int
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.tile_size = 16
+    with pytest.raises(ValueError, match="eps2d"):
+        RasterOptions(eps2d=float("nan"))
+    # A traced near plane cannot be a static option: the error says so instead of "unhashable".
+    s = random_scene(15, 10, 2, 3)
+    with pytest.raises(ValueError, match="near_plane.*static"):
+        jax.jit(lambda near: call(rasterize, s, near_plane=near))(0.1)
+
+
+def test_return_diagnostics_adds_the_diagnostics_and_nothing_else():
+    scene = random_scene(11, *STANDARD)
+    bg = standard_backgrounds()
+    plain = call(rasterize, scene, backgrounds=bg)
+    images, alphas, diag = call(rasterize, scene, backgrounds=bg, return_diagnostics=True)
+    assert len(plain) == 2 and isinstance(diag, RasterDiagnostics)
+    assert diag.valid.shape == (2, STANDARD[0]) and diag.n_contrib.shape == (2, 32, 40)
+    np.testing.assert_array_equal(images, plain[0])
+    np.testing.assert_array_equal(alphas, plain[1])
+    # Keyword overrides apply over `options`: here they restore the defaults exactly.
+    overridden = call(rasterize, scene, backgrounds=bg, options=RasterOptions(render_mode="D", tile_size=8),
+                      render_mode="RGB", tile_size=16)
+    np.testing.assert_array_equal(overridden[0], plain[0])
+
+
 def test_cuda_backend_without_a_gpu_raises_with_the_reason():
     s = random_scene(16, *STANDARD)
     with pytest.raises(NotImplementedError, match="CUDA backend is not available"):
@@ -594,9 +632,6 @@ def test_annotations_are_checked_by_jaxtyping():
 
 def test_default_capacity_never_drops_a_dense_head_in_a_small_image():
     # ~12K Gaussians in a small 64² frame put > 4K into one 16×16 tile: the default keeps them all.
-    from flexavatar_jax.render import camera
-    from flexavatar_jax.render.rasterize import rasterize_with_diagnostics
-
     rng = np.random.default_rng(0)
     n = 12_000
     d = rng.standard_normal((n, 3))
@@ -605,7 +640,7 @@ def test_default_capacity_never_drops_a_dense_head_in_a_small_image():
     scales = np.full((n, 3), 0.004, np.float32)
     view = np.asarray(camera.look_at(np.array([0.0, 0.0, 0.5]), np.zeros(3)))[None]
     K = np.asarray(camera.intrinsics_from_fov(30.0, 64, 64))[None]
-    _, _, diag = rasterize_with_diagnostics(means, quats, scales, np.full(n, 0.9, np.float32),
-                                            np.ones((n, 3), np.float32), view, K, 64, 64)
+    _, _, diag = rasterize(means, quats, scales, np.full(n, 0.9, np.float32), np.ones((n, 3), np.float32), view, K,
+                           64, 64, return_diagnostics=True)
     assert int(np.max(diag.tile_counts)) > 4096
     assert int(np.sum(diag.overflow)) == 0

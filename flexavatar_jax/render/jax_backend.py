@@ -1,8 +1,9 @@
 """Differentiable 3D Gaussian splatting in pure JAX: tiling, depth sorting, compositing.
 
-Semantics are gsplat 1.5.3 `rasterization()` in classic mode (see DESIGN.md). The pipeline
-mirrors gsplat's stages so that a CUDA backend can be compared stage by stage
-(`rasterize_with_diagnostics` exposes every intermediate):
+The pure-JAX backend of `rasterize` (`rasterization.py`); semantics are gsplat 1.5.3
+`rasterization()` in classic mode (see DESIGN.md). The pipeline mirrors gsplat's stages so that
+the CUDA backend (`cuda_backend.py`) can be compared stage by stage
+(`rasterize(..., return_diagnostics=True)` exposes every intermediate):
 
 1. **Projection** (`projection.project_gaussians`): EWA splatting, culling, opacity-aware
    bounding boxes and the tile rectangle each splat touches.
@@ -26,156 +27,34 @@ mirrors gsplat's stages so that a CUDA backend can be compared stage by stage
 Capacities are static (XLA needs static shapes) and never silently truncate: a tile composites at
 most `max_gaussians_per_tile` Gaussians (its nearest ones), and at most `max_intersections`
 (Gaussian, tile) pairs per call are binned (the farthest Gaussians lose theirs first). Every pair
-not composited because of either limit is counted in `RasterDiagnostics.overflow`, and both public
-functions emit a `TileOverflowWarning` when it is positive: directly when called eagerly, and
-through `jax.debug.callback` when traced (inside `jit`/`vmap`/`grad`), so the warning appears
-whenever the computation actually runs.
+not composited because of either limit is counted in `RasterDiagnostics.overflow`, and `rasterize`
+emits a `TileOverflowWarning` when it is positive: directly when called eagerly, and through
+`jax.debug.callback` when traced (inside `jit`/`vmap`/`grad`), so the warning appears whenever
+the computation actually runs.
 """
 
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array
 
+from flexavatar_jax.render.common import (
+    MAX_ALPHA,
+    TRANSMITTANCE_EPS,
+    RasterDiagnostics,
+    RasterOptions,
+    finish_images,
+    prepare_inputs,
+)
 from flexavatar_jax.render.projection import ALPHA_THRESHOLD, project_gaussians
 
-# gsplat clamps the per-Gaussian alpha so that one splat never makes a pixel fully opaque.
-MAX_ALPHA = 0.999
-# A pixel stops before the Gaussian that would bring its transmittance to ≤ this value.
-TRANSMITTANCE_EPS = 1e-4
-# Default per-tile capacity: none (None = N). The per-tile cap sizes no buffer (memory is bounded
-# by `max_intersections`); it only shortens a tile's run, so any fixed default would be a way to
-# drop Gaussians for nothing: a 10K-Gaussian head in a 64² image already puts > 4K Gaussians in
-# one 16×16 tile. Set it to bound the worst-case work per tile; overflow is then reported.
-DEFAULT_MAX_GAUSSIANS_PER_TILE = None
-# Default intersection buffer, per camera: this many tiles per Gaussian on average (a head avatar
-# at ≤ 512² uses 2-6), but never fewer than _MIN_INTERSECTIONS. Sized so that it holds every pair
-# in practice: only then does each tile keep exactly its nearest `max_gaussians_per_tile`.
-DEFAULT_INTERSECTIONS_PER_GAUSSIAN = 16
-_MIN_INTERSECTIONS = 1 << 16
 # Gaussians composited per vectorised step. 32-128 run alike per pair on CPU; smaller chunks
 # waste less work past each tile's end, larger ones fewer loop iterations.
 _CHUNK = 64
-
-RENDER_MODES = ("RGB", "D", "RGB+D")
-BACKENDS = ("auto", "jax", "cuda")
-# Floor for the expected-depth division, as gsplat's "ED" (alpha.clamp(min=1e-10)).
-_DEPTH_ALPHA_FLOOR = 1e-10
-
-
-class TileOverflowWarning(RuntimeWarning):
-    """Some (Gaussian, tile) intersections were not composited because a capacity was exceeded."""
-
-
-class RasterDiagnostics(NamedTuple):
-    """Intermediate results of one `rasterize` call, for debugging and backend comparisons.
-
-    Per Gaussian ([V, N, ...], original Gaussian order):
-      means2d [V,N,2] pixels; depths [V,N] camera z; conics [V,N,3] (a, b, c) of the inverse 2D
-      covariance; radii [V,N,2] int32 pixel half-extents (0 = culled); valid [V,N] bool;
-      tiles_per_gaussian [V,N] int32 number of tiles its bounding box touches.
-    Per tile ([V, tiles_y, tiles_x]):
-      tile_counts int32 number of Gaussians whose box touches the tile (before any capacity);
-      tile_offsets int32 start of the tile's depth-sorted run in `flatten_ids`;
-      tile_composited int32 length of that run actually composited (≤ max_gaussians_per_tile).
-    flatten_ids [max_intersections] int32: Gaussian index (into N) of every binned intersection,
-      sorted by (camera, tile, depth); -1 in unused slots.
-    overflow [V] int32: intersections not composited because of `max_gaussians_per_tile` or
-      `max_intersections` (0 when nothing was dropped).
-    n_contrib [V,H,W] int32: Gaussians that contributed (α ≥ 1/255, before termination) per pixel.
-    """
-
-    means2d: Float[Array, "v n 2"]
-    depths: Float[Array, "v n"]
-    conics: Float[Array, "v n 3"]
-    radii: Int[Array, "v n 2"]
-    valid: Bool[Array, "v n"]
-    tiles_per_gaussian: Int[Array, "v n"]
-    tile_counts: Int[Array, "v ty tx"]
-    tile_offsets: Int[Array, "v ty tx"]
-    tile_composited: Int[Array, "v ty tx"]
-    flatten_ids: Int[Array, " m"]
-    overflow: Int[Array, " v"]
-    n_contrib: Int[Array, "v h w"]
-
-
-# --------------------------------------------------------------------------------------------
-# Input validation (host side, before tracing)
-# --------------------------------------------------------------------------------------------
-
-
-def _shape_of(name: str, x) -> tuple[int, ...]:
-    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        x = np.asarray(x)
-    if not (jnp.issubdtype(x.dtype, jnp.floating)):
-        raise ValueError(f"rasterize: `{name}` must be a floating-point array, got dtype {x.dtype}")
-    return tuple(x.shape)
-
-
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"rasterize: `{name}` must be a positive int, got {value!r}")
-    return int(value)
-
-
-def _validate(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, width, height,
-              near_plane, far_plane, tile_size, render_mode, backend, max_gaussians_per_tile,
-              max_intersections) -> tuple[int, int, int]:
-    """Raise ValueError naming the problem for any malformed argument; return (V, N, C)."""
-    if render_mode not in RENDER_MODES:
-        raise ValueError(f"rasterize: unknown render_mode {render_mode!r}; expected one of {RENDER_MODES}")
-    if backend not in BACKENDS:
-        raise ValueError(f"rasterize: unknown backend {backend!r}; expected one of {BACKENDS}")
-    _check_positive_int("width", width)
-    _check_positive_int("height", height)
-    _check_positive_int("tile_size", tile_size)
-    if max_gaussians_per_tile is not None:
-        _check_positive_int("max_gaussians_per_tile", max_gaussians_per_tile)
-    if max_intersections is not None:
-        _check_positive_int("max_intersections", max_intersections)
-
-    m, q, s = _shape_of("means", means), _shape_of("quats", quats), _shape_of("scales", scales)
-    o, c = _shape_of("opacities", opacities), _shape_of("colors", colors)
-    vm, k = _shape_of("viewmats", viewmats), _shape_of("Ks", Ks)
-    if len(m) != 2 or m[1] != 3:
-        raise ValueError(f"rasterize: `means` must have shape [N, 3], got {m}")
-    n = m[0]
-    for name, shape, last in (("quats", q, 4), ("scales", s, 3)):
-        if len(shape) != 2 or shape[1] != last:
-            raise ValueError(f"rasterize: `{name}` must have shape [N, {last}], got {shape}")
-    if len(o) != 1:
-        raise ValueError(f"rasterize: `opacities` must have shape [N], got {o}")
-    if len(c) != 2 or c[1] < 1:
-        raise ValueError(f"rasterize: `colors` must have shape [N, C] with C >= 1, got {c}")
-    for name, shape in (("quats", q), ("scales", s), ("opacities", o), ("colors", c)):
-        if shape[0] != n:
-            raise ValueError(f"rasterize: `{name}` has {shape[0]} Gaussians but `means` has {n}")
-    if len(vm) != 3 or vm[1:] != (4, 4):
-        raise ValueError(f"rasterize: `viewmats` must have shape [V, 4, 4], got {vm}")
-    if len(k) != 3 or k[1:] != (3, 3):
-        raise ValueError(f"rasterize: `Ks` must have shape [V, 3, 3], got {k}")
-    v = vm[0]
-    if v < 1:
-        raise ValueError("rasterize: need at least one camera (V >= 1)")
-    if k[0] != v:
-        raise ValueError(f"rasterize: `Ks` has {k[0]} cameras but `viewmats` has {v}")
-    if backgrounds is not None:
-        b = _shape_of("backgrounds", backgrounds)
-        if len(b) != 2 or b[0] != v or b[1] != c[1]:
-            raise ValueError(f"rasterize: `backgrounds` must have shape [V, C] = [{v}, {c[1]}], got {b}")
-    for name, value in (("near_plane", near_plane), ("far_plane", far_plane)):
-        if not isinstance(value, jax.core.Tracer) and np.any(np.isnan(np.asarray(value))):
-            raise ValueError(f"rasterize: `{name}` must not be NaN, got {value!r}")
-    if not isinstance(near_plane, jax.core.Tracer) and not isinstance(far_plane, jax.core.Tracer):
-        if not float(near_plane) < float(far_plane):
-            raise ValueError(f"rasterize: need near_plane < far_plane, got {near_plane} and {far_plane}")
-    return v, n, c[1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -471,72 +350,41 @@ _composite.defvjp(_composite_fwd, _composite_bwd)
 
 
 # --------------------------------------------------------------------------------------------
-# Public API
+# The whole pipeline
 # --------------------------------------------------------------------------------------------
 
 
-def _default_max_intersections(num_views, num_gaussians):
-    return num_views * max(DEFAULT_INTERSECTIONS_PER_GAUSSIAN * num_gaussians, _MIN_INTERSECTIONS)
+@functools.partial(jax.jit, static_argnames=("width", "height", "options"))
+def rasterize_jax(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, *, width: int, height: int,
+                  options: RasterOptions) -> tuple[Array, Array, RasterDiagnostics]:
+    """The pure-JAX backend of `rasterize`: (images, alphas, RasterDiagnostics).
 
-
-def _prepare_inputs(means, quats, scales, opacities, colors, viewmats, Ks, dtype):
-    """Casts the scene to `dtype`; an empty scene gets one culled stand-in Gaussian (zero opacity),
-    so it renders the background with static non-empty shapes. Shared by every backend."""
-    means, quats, scales, opacities, colors, viewmats, Ks = (
-        jnp.asarray(x, dtype) for x in (means, quats, scales, opacities, colors, viewmats, Ks)
-    )
-    if means.shape[0] == 0:
-        means, quats, scales, colors = (jnp.zeros((1, x.shape[1]), dtype) for x in (means, quats, scales, colors))
-        opacities = jnp.zeros((1,), dtype)
-    return means, quats, scales, opacities, colors, viewmats, Ks
-
-
-def _finish_images(acc, trans, num_colors, render_mode, backgrounds):
-    """Accumulated features [V,H,W,C(+1)] and final transmittance [V,H,W,1] -> (images, alphas):
-    background blend on the colour channels, expected depth for "D"/"RGB+D". Shared by backends."""
-    alphas = 1.0 - trans
-    outputs = []
-    if render_mode in ("RGB", "RGB+D"):
-        rgb = acc[..., :num_colors]
-        if backgrounds is not None:
-            backgrounds = jnp.asarray(backgrounds, acc.dtype)
-            backgrounds = jnp.where(jnp.isfinite(backgrounds), backgrounds, 0.0)  # as for Gaussians
-            rgb = rgb + trans * backgrounds[:, None, None, :]
-        outputs.append(rgb)
-    if render_mode in ("D", "RGB+D"):
-        # Expected depth (gsplat "ED"): accumulated depth / alpha; 0 where nothing was hit.
-        outputs.append(acc[..., -1:] / jnp.maximum(alphas, _DEPTH_ALPHA_FLOOR))
-    return jnp.concatenate(outputs, axis=-1), alphas
-
-
-@functools.partial(
-    jax.jit,
-    static_argnames=("width", "height", "tile_size", "render_mode", "capacity", "max_intersections"),
-)
-def _rasterize_jax(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, near_plane,
-                   far_plane, eps2d, *, width, height, tile_size, render_mode, capacity, max_intersections):
+    Arguments are validated by `rasterize`; `options` has both capacities resolved to ints.
+    """
+    tile_size, render_mode = options.tile_size, options.render_mode
     dtype = jnp.result_type(means, quats, scales, opacities, colors, viewmats, Ks, jnp.float32)
     requested_gaussians = means.shape[0]
-    means, quats, scales, opacities, colors, viewmats, Ks = _prepare_inputs(
+    means, quats, scales, opacities, colors, viewmats, Ks = prepare_inputs(
         means, quats, scales, opacities, colors, viewmats, Ks, dtype)
     num_views, num_gaussians = viewmats.shape[0], means.shape[0]
-    render_colors = render_mode in ("RGB", "RGB+D")
     colors_finite = jnp.all(jnp.isfinite(colors), axis=-1)
     proj = project_gaussians(
-        means, quats, scales, opacities, viewmats, Ks, width, height, near_plane=near_plane,
-        far_plane=far_plane, eps2d=eps2d, tile_size=tile_size, extra_valid=colors_finite if render_colors else None,
+        means, quats, scales, opacities, viewmats, Ks, width, height, near_plane=options.near_plane,
+        far_plane=options.far_plane, eps2d=options.eps2d, tile_size=tile_size,
+        extra_valid=colors_finite if options.render_colors else None,
     )
     n_tiles_x, n_tiles_y = -(-width // tile_size), -(-height // tile_size)
     tiles_per_view = n_tiles_x * n_tiles_y
     binning = _bin_intersections(
-        proj.tile_min, proj.tile_max, proj.depths, proj.valid, n_tiles_x, n_tiles_y, capacity, max_intersections
+        proj.tile_min, proj.tile_max, proj.depths, proj.valid, n_tiles_x, n_tiles_y,
+        options.max_gaussians_per_tile, options.max_intersections,
     )
 
     valid = proj.valid[..., None]
     features = []
-    if render_colors:
+    if options.render_colors:
         features.append(jnp.broadcast_to(jnp.where(colors_finite[:, None], colors, 0.0), (num_views, *colors.shape)))
-    if render_mode in ("D", "RGB+D"):
+    if options.render_depth:
         features.append(proj.depths[..., None])
     packed = jnp.concatenate(
         [proj.means2d, proj.conics, opacities[None, :, None] * jnp.ones_like(proj.depths)[..., None], *features],
@@ -555,7 +403,7 @@ def _rasterize_jax(means, quats, scales, opacities, colors, viewmats, Ks, backgr
         return x[:, :height, :width]
 
     acc, trans, n_contrib = to_image(acc), to_image(trans)[..., None], to_image(n_contrib)
-    images, alphas = _finish_images(acc, trans, colors.shape[1], render_mode, backgrounds)
+    images, alphas = finish_images(acc, trans, colors.shape[1], render_mode, backgrounds)
 
     composited = binning.tile_composited.reshape(num_views, tiles_per_view)
     counts = binning.tile_counts.reshape(num_views, tiles_per_view)
@@ -578,135 +426,3 @@ def _rasterize_jax(means, quats, scales, opacities, colors, viewmats, Ks, backgr
         n_contrib=n_contrib,
     )
     return images, alphas, diagnostics
-
-
-def _overflow_message(overflow, capacity, max_intersections) -> str:
-    return (
-        f"rasterize: {int(np.sum(overflow))} Gaussian-tile intersections were not composited "
-        f"(per camera: {np.asarray(overflow).reshape(-1).tolist()}); raise max_gaussians_per_tile "
-        f"(now {capacity}) or max_intersections (now {max_intersections}). "
-        "See RasterDiagnostics.tile_counts for the per-tile load."
-    )
-
-
-def _warn_on_overflow(overflow, capacity, max_intersections) -> None:
-    def report(count):
-        if np.any(np.asarray(count) > 0):
-            warnings.warn(_overflow_message(count, capacity, max_intersections), TileOverflowWarning, stacklevel=2)
-
-    if isinstance(overflow, jax.core.Tracer):
-        jax.debug.callback(report, overflow)
-    else:
-        report(jax.device_get(overflow))
-
-
-def rasterize_with_diagnostics(
-    means: Float[Array, "n 3"],
-    quats: Float[Array, "n 4"],
-    scales: Float[Array, "n 3"],
-    opacities: Float[Array, " n"],
-    colors: Float[Array, "n c"],
-    viewmats: Float[Array, "v 4 4"],
-    Ks: Float[Array, "v 3 3"],
-    width: int,
-    height: int,
-    *,
-    near_plane: float = 0.01,
-    far_plane: float = 1e10,
-    eps2d: float = 0.3,
-    backgrounds: Float[Array, "v c"] | None = None,
-    tile_size: int = 16,
-    render_mode: str = "RGB",
-    backend: str = "auto",
-    max_gaussians_per_tile: int | None = DEFAULT_MAX_GAUSSIANS_PER_TILE,
-    max_intersections: int | None = None,
-) -> tuple[Float[Array, "v h w d"], Float[Array, "v h w 1"], RasterDiagnostics]:
-    """`rasterize` plus every intermediate stage (see `RasterDiagnostics`)."""
-    num_views, num_gaussians, _ = _validate(
-        means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, width, height, near_plane,
-        far_plane, tile_size, render_mode, backend, max_gaussians_per_tile, max_intersections,
-    )
-    if max_intersections is None:
-        max_intersections = _default_max_intersections(num_views, num_gaussians)
-    if max_gaussians_per_tile is None:
-        max_gaussians_per_tile = num_gaussians  # no cap: a tile can hold every Gaussian
-    render = _rasterize_jax
-    if backend != "jax":
-        # Imported lazily: the pure-JAX path never touches ctypes/FFI. Raises for an unusable
-        # backend="cuda"; "auto" falls back to JAX (see cuda_backend.resolve_backend).
-        from flexavatar_jax.render import cuda_backend
-
-        dtypes = [x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
-                  for x in (means, quats, scales, opacities, colors, viewmats, Ks)]
-        if cuda_backend.resolve_backend(backend, tile_size=tile_size, dtypes=dtypes) == "cuda":
-            render = cuda_backend.rasterize_cuda
-    images, alphas, diagnostics = render(
-        means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, near_plane, far_plane, eps2d,
-        width=int(width), height=int(height), tile_size=int(tile_size), render_mode=render_mode,
-        capacity=int(max_gaussians_per_tile), max_intersections=int(max_intersections),
-    )
-    _warn_on_overflow(diagnostics.overflow, max_gaussians_per_tile, max_intersections)
-    return images, alphas, diagnostics
-
-
-def rasterize(
-    means: Float[Array, "n 3"],
-    quats: Float[Array, "n 4"],
-    scales: Float[Array, "n 3"],
-    opacities: Float[Array, " n"],
-    colors: Float[Array, "n c"],
-    viewmats: Float[Array, "v 4 4"],
-    Ks: Float[Array, "v 3 3"],
-    width: int,
-    height: int,
-    *,
-    near_plane: float = 0.01,
-    far_plane: float = 1e10,
-    eps2d: float = 0.3,
-    backgrounds: Float[Array, "v c"] | None = None,
-    tile_size: int = 16,
-    render_mode: str = "RGB",
-    backend: str = "auto",
-    max_gaussians_per_tile: int | None = DEFAULT_MAX_GAUSSIANS_PER_TILE,
-    max_intersections: int | None = None,
-) -> tuple[Float[Array, "v h w d"], Float[Array, "v h w 1"]]:
-    """Render N 3D Gaussians into V pinhole cameras (gsplat 1.5.3 `rasterization`, classic mode).
-
-    Args:
-      means: [N,3] world positions. quats: [N,4] wxyz rotations (normalised here).
-      scales: [N,3] linear standard deviations along the local axes (world units).
-      opacities: [N] in [0,1]. colors: [N,C] any C (RGB, features, ...).
-      viewmats: [V,4,4] world->camera, OpenCV axes (x right, y down, z forward).
-      Ks: [V,3,3] pixel intrinsics, pixel centres at +0.5. width, height: image size in pixels.
-      near_plane, far_plane: camera-z culling range (world units). eps2d: pixel² added to the 2D
-        covariance (gsplat's low-pass filter).
-      backgrounds: [V,C] colour behind the Gaussians (colour channels only), default black.
-      tile_size: tile edge in pixels. render_mode: "RGB" (colours), "D" (expected depth, i.e.
-        Σ zᵢαᵢTᵢ / alpha, 0 where alpha = 0 — gsplat's "ED"), or "RGB+D" (depth appended last).
-      backend: "jax" (pure JAX), "cuda" (kernels/splat via XLA FFI, float32, tile_size 8 or 16;
-        raises CudaBackendUnavailableError, a NotImplementedError, with the reason when it cannot
-        run) or "auto" (CUDA when the default device is a GPU and the CUDA library is available,
-        else JAX). Both backends give the same images and gradients up to float32 rounding.
-      max_gaussians_per_tile: optional per-tile cap (default None: no cap); a tile composites its
-        nearest this-many Gaussians and the rest are reported as overflow.
-      max_intersections: (Gaussian, tile) pair buffer, filled front to back (the farthest
-        Gaussians lose their pairs first when it is full); default V · max(16·N, 65536).
-      Intersections dropped by either capacity are reported (TileOverflowWarning, diagnostics).
-
-    Returns:
-      colors [V,H,W,C] ("RGB"), [V,H,W,1] ("D") or [V,H,W,C+1] ("RGB+D");
-      alphas [V,H,W,1] = 1 - final transmittance.
-
-    Differentiable (reverse mode) w.r.t. means, quats, scales, opacities, colors, backgrounds,
-    viewmats and Ks; jit-, vmap- and grad-composable. Gaussians with any non-finite parameter
-    (and cameras with non-finite viewmats/Ks) are culled and non-finite background entries read
-    as 0, so outputs and gradients stay finite; `RasterDiagnostics.valid` shows what was culled.
-    Bad shapes/arguments raise ValueError before tracing.
-    """
-    images, alphas, _ = rasterize_with_diagnostics(
-        means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane=near_plane,
-        far_plane=far_plane, eps2d=eps2d, backgrounds=backgrounds, tile_size=tile_size,
-        render_mode=render_mode, backend=backend, max_gaussians_per_tile=max_gaussians_per_tile,
-        max_intersections=max_intersections,
-    )
-    return images, alphas
