@@ -1,8 +1,8 @@
 """Differentiable 3D Gaussian splatting in pure JAX: tiling, depth sorting, compositing.
 
-The pure-JAX backend of `rasterize` (`rasterization.py`); semantics are gsplat 1.5.3
-`rasterization()` in classic mode (see DESIGN.md). The pipeline mirrors gsplat's stages so that
-the CUDA backend (`cuda_backend.py`) can be compared stage by stage
+The pure-JAX backend of `rasterize` (`rasterization.py`, where the conventions are stated);
+semantics are gsplat 1.5.3 `rasterization()` in classic mode. The pipeline mirrors gsplat's stages
+so that the CUDA backend (`cuda_backend.py`) can be compared stage by stage
 (`rasterize(..., return_diagnostics=True)` exposes every intermediate):
 
 1. **Projection** (`projection.project_gaussians`): EWA splatting, culling, opacity-aware

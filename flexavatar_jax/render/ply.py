@@ -16,7 +16,7 @@ the *pre-activation* value the INRIA trainer keeps, so a viewer re-applies the a
 * `rot = (w, x, y, z)` unit quaternion (`rot_0` is w), the same wxyz order as our `quats`.
 * `nx ny nz` are unused by 3DGS and written as zeros (the original trainer writes them too).
 
-Our in-memory convention (DESIGN.md): `means [N,3]`, `quats [N,4]` wxyz, `scales [N,3]` linear,
+Our in-memory convention (the renderer's inputs): `means [N,3]`, `quats [N,4]` wxyz, `scales [N,3]` linear,
 `opacities [N]` in [0,1], `colors [N,3]` RGB in [0,1].
 """
 

@@ -7,7 +7,7 @@ degenerate input: non-finite parameters, Gaussians outside the near/far range an
 covariances are culled through the "double where" pattern, so neither the outputs nor the
 gradients of the surviving Gaussians see NaN/inf from the culled ones.
 
-Conventions (DESIGN.md): OpenCV world->camera `viewmats`, pixel intrinsics `Ks` with pixel
+Conventions (the project's, everywhere): OpenCV world->camera `viewmats`, pixel intrinsics `Ks` with pixel
 centres at +0.5, quaternions wxyz (normalised here), linear scales, opacities in [0, 1].
 """
 

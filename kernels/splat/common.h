@@ -3,7 +3,7 @@
 // formulas the GPU runs. Plain C++17 + float arithmetic: no CUDA types, no std:: containers.
 //
 // Semantics are those of the pure-JAX reference (flexavatar_jax/render/projection.py and
-// rasterize.py, gsplat 1.5.3 classic mode); every constant below has its twin there.
+// jax_backend.py, gsplat 1.5.3 classic mode); every constant below has its twin there.
 #pragma once
 
 #include <cmath>
