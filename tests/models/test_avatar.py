@@ -2,6 +2,8 @@
 no cameras), gradient reach, the dynamic mask, LBS of a global rotation, driving variants, and
 errors for bad input. Everything is jitted and compiled once per module (module fixtures)."""
 
+import dataclasses
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -9,12 +11,13 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from flexavatar_jax.head import HeadParams, lbs
+from flexavatar_jax.config import Config, ModelConfig
+from flexavatar_jax.configs import flexavatar
+from flexavatar_jax.head import POSE_SIZE, HeadParams, lbs
 from flexavatar_jax.head.rotations import quat_to_matrix
-from flexavatar_jax.models.avatar import FlexAvatar
+from flexavatar_jax.models.avatar import Avatar, FlexAvatar
 from flexavatar_jax.models.views import InputViews
 from flexavatar_jax.render.camera import intrinsics_from_fov, look_at
-from tests.models.config_util import flexavatar_config
 
 RENDER_SIZE = 32
 LOOK_AT = (0.0, 0.02, 0.0)  # roughly the head centre (metres, +y up)
@@ -22,6 +25,16 @@ LOOK_AT = (0.0, 0.02, 0.0)  # roughly the head centre (metres, +y up)
 
 def _max_abs(a, b) -> float:
     return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def _frame(shape, expression, pose, translation) -> HeadParams:
+    """One driving frame (no leading axis); `animate` replaces its shape by the avatar's."""
+    return HeadParams.from_pose(shape, expression, pose, translation)
+
+
+def _batched(tree, axes: int = 1):
+    """Leading singleton axes (a batch of one avatar [1], a driving batch of one frame [1, 1])."""
+    return jax.tree.map(lambda x: x[(None,) * axes], tree)
 
 
 def _camera(size: int, eye=(0.0, 0.02, 0.6)):
@@ -32,7 +45,7 @@ def _camera(size: int, eye=(0.0, 0.02, 0.6)):
 
 @pytest.fixture(scope="module")
 def cfg():
-    return flexavatar_config("tiny")
+    return Config.from_dict(flexavatar.get_config("tiny"))
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +89,8 @@ def test_shapes_for_one_to_four_views(system, params, images, jitted, expression
     avatar = jitted["reconstruct"](params, images[:num_views])
     assert avatar.raw_maps.shape == (k, k, 14)
     assert avatar.identity_features.shape == (k, k, system.cfg.decoder.id_channels)
-    assert avatar.shape.shape == (s,)
-    g = jitted["animate"](params, avatar, expression, jnp.zeros(15), jnp.zeros(3))
+    assert avatar.shape_coeffs.shape == (s,)
+    g = jitted["animate"](params, avatar, _frame(avatar.shape_coeffs, expression, jnp.zeros(POSE_SIZE), jnp.zeros(3)))
     n = system.num_gaussians
     expected = dict(means=(n, 3), quats=(n, 4), scales=(n, 3), opacities=(n,), colors=(n, 3))
     assert {key: v.shape for key, v in g.items()} == expected
@@ -127,9 +140,9 @@ def test_queries_lifter_ignores_cameras_and_tracking(system, params, images, jit
 def test_jitted_calls_are_deterministic(params, images, jitted, avatar, expression):
     again = jitted["reconstruct"](params, images[:2])
     assert _max_abs(avatar, again) == 0.0
-    pose = jnp.zeros(15).at[6].set(0.2)
-    g1 = jitted["animate"](params, avatar, expression, pose, jnp.zeros(3))
-    g2 = jitted["animate"](params, avatar, expression, pose, jnp.zeros(3))
+    frame = _frame(avatar.shape_coeffs, expression, jnp.zeros(POSE_SIZE).at[6].set(0.2), jnp.zeros(3))
+    g1 = jitted["animate"](params, avatar, frame)
+    g2 = jitted["animate"](params, avatar, frame)
     assert _max_abs(g1, g2) == 0.0
 
 
@@ -142,15 +155,17 @@ def test_gradients_reach_every_parameter(system, params, images, jitted, avatar,
     s = images.shape[1]
     views = InputViews(jnp.concatenate([images[:2], jnp.zeros((2, s, s, 3))])[None],
                        jnp.array([[True, True, False, False]]))
-    pose = jnp.zeros(15).at[0:3].set(jnp.array([0.05, 0.2, 0.0])).at[6].set(0.15)
+    pose = jnp.zeros(POSE_SIZE).at[0:3].set(jnp.array([0.05, 0.2, 0.0])).at[6].set(0.15)
     translation = jnp.array([0.0, 0.01, 0.0])
     viewmats, Ks = _camera(RENDER_SIZE)
     target = jax.random.uniform(jax.random.key(4), (1, RENDER_SIZE, RENDER_SIZE, 3))
 
     def loss(p):
-        av = jax.tree.map(lambda x: x[0], system.reconstruct_views(p, views))
-        driving = system.driving_params(av.shape, expression, pose, translation)
-        gaussians = system.gaussians_from_maps(system.animated_maps(p, av, driving), driving)
+        batch = system.reconstruct_views(p, views)  # a batch of one avatar, leaves [1, ...]
+        av = jax.tree.map(lambda x: x[0], batch)
+        driving = system.driving_frame(av, _frame(av.shape_coeffs, expression, pose, translation))
+        maps = system.animated_maps(p, batch, _batched(driving, 2))[0, 0]
+        gaussians = system.gaussians_from_maps(maps, driving)
         rgb, alpha = system.render(gaussians, viewmats, Ks, width=RENDER_SIZE, height=RENDER_SIZE)
         return jnp.mean((rgb - target) ** 2) + 0.1 * jnp.mean(alpha), (gaussians, alpha)
 
@@ -163,7 +178,7 @@ def test_gradients_reach_every_parameter(system, params, images, jitted, avatar,
     assert not dead, f"no gradient reaches {dead}"
     assert {key.split("/")[0] for key in flat} == {"encoder", "lifter", "decoder", "shape_head", "unet"}
     # jit(animate) on the same avatar and driving gives the same Gaussians as the composed path.
-    animated = jitted["animate"](params, avatar, expression, pose, translation)
+    animated = jitted["animate"](params, avatar, _frame(avatar.shape_coeffs, expression, pose, translation))
     assert _max_abs(animated, gaussians) < 1e-5
 
 
@@ -171,8 +186,11 @@ def test_gradients_reach_every_parameter(system, params, images, jitted, avatar,
 
 
 def test_unet_deltas_stay_inside_the_dynamic_mask(system, params, jitted, avatar, expression):
-    driving = system.driving_params(avatar.shape, expression, jnp.zeros(15).at[6].set(0.2), jnp.zeros(3))
-    deltas = np.asarray(jitted["animated_maps"](params, avatar, driving) - avatar.raw_maps)
+    driving = system.driving_frame(avatar, _frame(avatar.shape_coeffs, expression,
+                                                  jnp.zeros(POSE_SIZE).at[6].set(0.2), jnp.zeros(3)))
+    maps = jitted["animated_maps"](params, _batched(avatar), _batched(driving, 2))
+    assert maps.shape == (1, 1, *avatar.raw_maps.shape)
+    deltas = np.asarray(maps[0, 0] - avatar.raw_maps)
     inside = np.asarray(system.dynamic_uv_mask)
     assert 0 < inside.sum() < inside.size
     assert np.all(deltas[~inside] == 0.0)
@@ -180,15 +198,15 @@ def test_unet_deltas_stay_inside_the_dynamic_mask(system, params, jitted, avatar
 
 
 def test_without_unet_animated_maps_are_the_static_maps(cfg, procedural_head, params, avatar, expression):
-    off = cfg.model.copy_and_resolve_references()
-    off.unet.enabled = False
+    off = dataclasses.replace(cfg.model, unet=dataclasses.replace(cfg.model.unet, enabled=False))
     system = FlexAvatar(off, procedural_head)
     shapes = flax.linen.meta.unbox(jax.eval_shape(system.init, jax.random.key(0)))
     assert "unet" not in shapes
     static = {key: v for key, v in params.items() if key != "unet"}
     assert jax.tree.map(lambda x: (x.shape, x.dtype), shapes) == jax.tree.map(lambda x: (x.shape, x.dtype), static)
-    driving = system.driving_params(avatar.shape, expression, jnp.zeros(15).at[6].set(0.2), jnp.zeros(3))
-    maps = jax.jit(system.animated_maps)(static, avatar, driving)
+    driving = system.driving_frame(avatar, _frame(avatar.shape_coeffs, expression,
+                                                  jnp.zeros(POSE_SIZE).at[6].set(0.2), jnp.zeros(3)))
+    maps = jax.jit(system.animated_maps)(static, _batched(avatar), _batched(driving, 2))[0, 0]
     assert _max_abs(maps, avatar.raw_maps) == 0.0
 
 
@@ -198,10 +216,10 @@ def test_global_rotation_rotates_the_avatar_about_the_root_joint(system, params,
     global pose, so means rotate about the root, rotations pick up q(R), the rest is unchanged."""
     axis_angle = np.array([0.0, np.deg2rad(30.0), 0.0])
     rot = Rotation.from_rotvec(axis_angle).as_matrix()
-    pose_r = jnp.zeros(15).at[0:3].set(jnp.asarray(axis_angle, jnp.float32))
-    g0 = jitted["animate"](params, avatar, expression, jnp.zeros(15), jnp.zeros(3))
-    gr = jitted["animate"](params, avatar, expression, pose_r, jnp.zeros(3))
-    rest = system.driving_params(avatar.shape, expression, jnp.zeros(15), jnp.zeros(3))
+    pose_r = jnp.zeros(POSE_SIZE).at[0:3].set(jnp.asarray(axis_angle, jnp.float32))
+    g0 = jitted["animate"](params, avatar, _frame(avatar.shape_coeffs, expression, jnp.zeros(POSE_SIZE), jnp.zeros(3)))
+    gr = jitted["animate"](params, avatar, _frame(avatar.shape_coeffs, expression, pose_r, jnp.zeros(3)))
+    rest = system.driving_frame(avatar, _frame(avatar.shape_coeffs, expression, jnp.zeros(POSE_SIZE), jnp.zeros(3)))
     root = np.asarray(lbs(system.head, rest).joints[0], np.float64)
     means0 = np.asarray(g0["means"], np.float64)
     expected = (means0 - root) @ rot.T + root
@@ -214,8 +232,7 @@ def test_global_rotation_rotates_the_avatar_about_the_root_joint(system, params,
 
 
 def test_expression_code_driving(cfg, procedural_head, params, avatar, expression):
-    code = cfg.model.copy_and_resolve_references()
-    code.driving = "expression_code"
+    code = dataclasses.replace(cfg.model, driving="expression_code")
     system = FlexAvatar(code, procedural_head)
     head = procedural_head
     assert system.driving_channels == head.num_expression + 9
@@ -227,16 +244,16 @@ def test_expression_code_driving(cfg, procedural_head, params, avatar, expressio
     p = {**params, "unet": unet}
     assert jax.tree.map(jnp.shape, {key: v for key, v in shapes.items() if key != "unet"}) == \
         jax.tree.map(jnp.shape, {key: v for key, v in params.items() if key != "unet"})
-    pose = jnp.zeros(15).at[6].set(0.2).at[9].set(0.1)
-    driving = system.driving_params(avatar.shape, expression, pose, jnp.zeros(3))
+    pose = jnp.zeros(POSE_SIZE).at[6].set(0.2).at[9].set(0.1)
+    driving = system.driving_frame(avatar, _frame(avatar.shape_coeffs, expression, pose, jnp.zeros(3)))
     k = code.uv_resolution
-    signal = system.driving_signal(avatar.shape, driving)
+    signal = system.driving_signal(avatar.shape_coeffs, driving)
     assert signal.shape == (k, k, head.num_expression + 9)
     valid = np.asarray(system.uv_valid)
-    code_vec = np.concatenate([np.asarray(expression), np.asarray(pose[6:15])])
+    code_vec = np.concatenate([np.asarray(expression), np.asarray(pose[6:POSE_SIZE])])
     np.testing.assert_allclose(np.asarray(signal)[valid], np.broadcast_to(code_vec, (valid.sum(), code_vec.size)))
     assert np.all(np.asarray(signal)[~valid] == 0.0)
-    maps = jax.jit(system.animated_maps)(p, avatar, driving)
+    maps = jax.jit(system.animated_maps)(p, _batched(avatar), _batched(driving, 2))[0, 0]
     assert maps.shape == avatar.raw_maps.shape and bool(jnp.all(jnp.isfinite(maps)))
     assert float(jnp.max(jnp.abs(maps - avatar.raw_maps))) > 0.0
 
@@ -261,7 +278,38 @@ def test_view_count_outside_one_to_four_is_rejected(system, params, num_views):
 
 def test_wrong_expression_length_is_rejected(system, params, avatar):
     e = system.head.num_expression
+    shape = avatar.shape_coeffs
     with pytest.raises(ValueError, match=f"expects {e}"):
-        system.animate(params, avatar, jnp.zeros(e + 1), jnp.zeros(15), jnp.zeros(3))
+        system.animate(params, avatar, _frame(shape, jnp.zeros(e + 1), jnp.zeros(POSE_SIZE), jnp.zeros(3)))
     with pytest.raises(ValueError, match="pose must be"):
-        system.animate(params, avatar, jnp.zeros(e), jnp.zeros(12), jnp.zeros(3))
+        system.animate(params, avatar, _frame(shape, jnp.zeros(e), jnp.zeros(12), jnp.zeros(3)))
+
+
+def test_animate_ignores_the_frames_shape(params, jitted, avatar, expression):
+    """A driving frame carries no identity: its `shape` is replaced by the avatar's own."""
+    pose = jnp.zeros(POSE_SIZE).at[6].set(0.2)
+    own = jitted["animate"](params, avatar, _frame(avatar.shape_coeffs, expression, pose, jnp.zeros(3)))
+    other = jitted["animate"](params, avatar, _frame(avatar.shape_coeffs + 3.0, expression, pose, jnp.zeros(3)))
+    assert _max_abs(own, other) == 0.0
+
+
+def test_check_avatar_names_the_mismatch(system, avatar):
+    system.check_avatar(avatar)  # its own model: no complaint
+    k = system.cfg.uv_resolution
+    half = k // 2
+    with pytest.raises(ValueError, match=rf"avatar does not match the model: .*UV resolution K .* is {k}"):
+        system.check_avatar(Avatar(avatar.raw_maps[:half, :half], avatar.identity_features[:half, :half],
+                                   avatar.shape_coeffs))
+    with pytest.raises(ValueError, match="channels model.decoder.id_channels"):
+        system.check_avatar(Avatar(avatar.raw_maps, jnp.zeros((k, k, 3)), avatar.shape_coeffs))
+    with pytest.raises(ValueError, match="S=.*shape coefficients"):
+        system.check_avatar(Avatar(avatar.raw_maps, avatar.identity_features, avatar.shape_coeffs[:-2]))
+
+
+def test_the_system_takes_a_typed_model_config(cfg, procedural_head):
+    with pytest.raises(TypeError, match="ModelConfig"):
+        FlexAvatar(flexavatar.get_config("tiny").model, procedural_head)
+    with pytest.raises(ValueError, match="unknown lifter 'nope'"):
+        FlexAvatar(dataclasses.replace(cfg.model, lifter_type="nope"), procedural_head)
+    with pytest.raises(ValueError, match="model.driving"):
+        ModelConfig(driving="audio")

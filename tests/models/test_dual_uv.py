@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from flexavatar_jax.models.dual_uv import DualUVLifter
-from flexavatar_jax.models.views import MAX_VIEWS, InputViews
+from flexavatar_jax.models.views import MAX_INPUTS, InputViews
 from flexavatar_jax.render.camera import intrinsics_from_fov, look_at
 
 GRID, WIDTH, IMAGE, PATCHES, TOKEN_DIM = 8, 16, 32, 4, 8
@@ -17,7 +17,7 @@ EYES = np.array([[0.0, 0.0, 0.6], [0.45, 0.05, 0.4], [-0.45, 0.05, 0.4], [0.1, 0
 def lifter_batch(head, seed=0):
     """4 rows × 4 view slots; row i has i + 1 real views (slots 0..i), the rest is padding."""
     rng = np.random.default_rng(seed)
-    b = v = MAX_VIEWS
+    b = v = MAX_INPUTS
     mask = np.arange(v)[None, :] <= np.arange(b)[:, None]
     viewmats = np.broadcast_to(np.asarray(look_at(jnp.asarray(EYES), jnp.zeros((v, 3)))), (b, v, 4, 4))
     Ks = np.broadcast_to(np.asarray(intrinsics_from_fov(30.0, IMAGE, IMAGE)), (b, v, 3, 3))
@@ -74,7 +74,7 @@ def lifter(procedural_head):
 def test_output_shape_for_1_to_4_views(lifter):
     _, params, apply, tokens, views = lifter
     out = apply(params, tokens, views)  # rows have 1, 2, 3, 4 real views
-    assert out.shape == (MAX_VIEWS, GRID, GRID, WIDTH)
+    assert out.shape == (MAX_INPUTS, GRID, GRID, WIDTH)
     assert np.all(np.isfinite(np.asarray(out)))
     # Rows with different views differ; a single unpadded view works too.
     assert float(jnp.abs(out[0] - out[3]).max()) > 1e-3

@@ -7,7 +7,7 @@ import pytest
 
 from flexavatar_jax.head import uv as uvt
 from flexavatar_jax.models import symmetric as sym
-from flexavatar_jax.models.views import MAX_VIEWS
+from flexavatar_jax.models.views import MAX_INPUTS
 from tests.models.test_dual_uv import (GRID, TOKEN_DIM, all_leaves_get_gradients, lifter_batch, permute_views,
                                        with_garbage_padding)
 
@@ -97,7 +97,7 @@ def lifter(procedural_head):
 def test_output_shape_for_1_to_4_views(lifter):
     _, params, apply, tokens, views = lifter
     out = apply(params, tokens, views)  # rows have 1, 2, 3, 4 real views
-    assert out.shape == (MAX_VIEWS, GRID, GRID, TOKEN_DIM)
+    assert out.shape == (MAX_INPUTS, GRID, GRID, TOKEN_DIM)
     assert np.all(np.isfinite(np.asarray(out)))
     assert float(jnp.abs(out[0] - out[3]).max()) > 1e-3
 

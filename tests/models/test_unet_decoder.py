@@ -7,10 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flexavatar_jax.config import Config
+from flexavatar_jax.configs import flexavatar
 from flexavatar_jax.models.avatar import FlexAvatar, parameter_counts
 from flexavatar_jax.models.unet import DeformationUNet
 from flexavatar_jax.models.uv_decoder import NUM_ATTRIBUTES, AttributeActivation, UVDecoder, pixel_shuffle
-from tests.models.config_util import flexavatar_config
 
 
 def test_pixel_shuffle_matches_depth_to_space():
@@ -91,7 +92,7 @@ def variants(procedural_head):
     """name -> (system, parameter counts) without materialising any parameter."""
     out = {}
     for name in ("tiny", "base", "large"):
-        system = FlexAvatar(flexavatar_config(name).model, procedural_head)
+        system = FlexAvatar(Config.from_dict(flexavatar.get_config(name)).model, procedural_head)
         shapes = jax.eval_shape(system.init, jax.random.key(0))
         out[name] = (system, parameter_counts(shapes), flax.linen.meta.unbox(shapes))
     return out

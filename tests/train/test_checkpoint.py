@@ -9,12 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from flexavatar_jax.config import MeshConfig
 from flexavatar_jax.train import checkpoint as ckpt_lib
 from flexavatar_jax.train import sharding
 
 
 def _mesh(data, fsdp):
-    return sharding.make_mesh(dict(data=data, fsdp=fsdp, model=1), jax.devices()[: data * fsdp])
+    return sharding.make_mesh(MeshConfig(data=data, fsdp=fsdp, model=1), jax.devices()[: data * fsdp])
 
 
 def _state(mesh, value):
@@ -60,8 +61,9 @@ def test_corrupt_latest_falls_back_to_previous(tmp_path, capsys):
 
 
 def test_mesh_shape_errors():
-    assert sharding.mesh_shape(dict(data=-1, fsdp=2, model=1), 8) == (4, 2, 1)
-    for bad in (dict(data=-1, fsdp=-1, model=1), dict(data=3, fsdp=1, model=1), dict(data=0, fsdp=1, model=1)):
+    assert sharding.mesh_shape(MeshConfig(data=-1, fsdp=2, model=1), 8) == (4, 2, 1)
+    for bad in (MeshConfig(data=-1, fsdp=-1, model=1), MeshConfig(data=3, fsdp=1, model=1),
+                MeshConfig(data=0, fsdp=1, model=1)):
         try:
             sharding.mesh_shape(bad, 8)
         except ValueError as e:

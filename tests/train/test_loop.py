@@ -3,22 +3,26 @@ a NaN batch never poisons the state, and the model learns on the tiny synthetic 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import pytest
 
-from flexavatar_jax.train import loop
+from flexavatar_jax.config import Config
+from flexavatar_jax.configs import flexavatar
+from flexavatar_jax.train import inputs, loop
 from flexavatar_jax.train import step as step_lib
-from tests.models.config_util import flexavatar_config
 
 
-def micro_config(steps: int = 3, batch: int = 8):
-    """The tiny config shrunk further (32² inputs, K=32) so a step compiles and runs in seconds."""
-    c = flexavatar_config("tiny")
+def micro_dict(steps: int = 3, batch: int = 8) -> ml_collections.ConfigDict:
+    """The tiny config shrunk further (32² inputs, K=32) so a step compiles and runs in seconds, as
+    the ConfigDict a config file gives (edit it, then `Config.from_dict`)."""
+    c = flexavatar.get_config("tiny")
     c.model.image_size = 32
     c.model.encoder.update(patch_size=8, width=32, depth=1, num_heads=2)
     c.model.lifter.update(width=32, num_heads=2, global_depth=1, depth=1)
@@ -35,17 +39,31 @@ def micro_config(steps: int = 3, batch: int = 8):
     return c
 
 
+def micro_config(steps: int = 3, batch: int = 8, single_device: bool = False) -> Config:
+    """`micro_dict` as the typed config the library takes; `single_device`: a 1×1×1 mesh."""
+    c = micro_dict(steps, batch)
+    if single_device:
+        c.mesh.update(data=1, fsdp=1, model=1)
+    return Config.from_dict(c)
+
+
+def first_examples(config: Config, trainer: loop.Trainer, n: int) -> dict[str, np.ndarray]:
+    """The first `n` training examples of the config's source, stacked (host numpy)."""
+    source = inputs.train_source(config, inputs.make_world(config, trainer.head), False)
+    return {k: np.stack([source[i][k] for i in range(n)]) for k in source[0]}
+
+
 def _losses(workdir) -> list[float]:
     rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     return [r["loss/total"] for r in rows]
 
 
 def test_sharded_run_matches_single_device(tmp_path):
-    single = micro_config()
-    single.mesh.update(data=1, fsdp=1, model=1)
+    single = micro_config(single_device=True)
     loop.train(single, str(tmp_path / "single"), devices=jax.devices()[:1])
-    sharded = micro_config()
-    sharded.mesh.update(data=2, fsdp=4, model=1)
+    c = micro_dict()
+    c.mesh.update(data=2, fsdp=4, model=1)
+    sharded = Config.from_dict(c)
     out = loop.train(sharded, str(tmp_path / "sharded"))
     assert dict(out["trainer"].mesh.shape) == {"data": 2, "fsdp": 4, "model": 1}
     # The params really are split over the fsdp axis (embed -> fsdp in the rules).
@@ -66,10 +84,13 @@ def test_sharded_run_matches_single_device(tmp_path):
 
 
 def test_resume_replays_an_uninterrupted_run(tmp_path):
-    cfg = micro_config(steps=4, batch=2)
-    cfg.mesh.update(data=1, fsdp=1, model=1)
+    cfg = micro_config(steps=4, batch=2, single_device=True)
     devices = jax.devices()[:1]
-    full = loop.train(cfg, str(tmp_path / "full"), devices=devices)
+    # `train` takes the typed config or the config file's ConfigDict (converted): the same run.
+    as_dict = micro_dict(steps=4, batch=2)
+    as_dict.mesh.update(data=1, fsdp=1, model=1)
+    full = loop.train(as_dict, str(tmp_path / "full"), devices=devices)
+    assert full["trainer"].config == cfg
     first = loop.train(cfg, str(tmp_path / "resumed"), stop_after=2, devices=devices)
     assert first["end_step"] == 2
     second = loop.train(cfg, str(tmp_path / "resumed"), devices=devices)
@@ -80,13 +101,9 @@ def test_resume_replays_an_uninterrupted_run(tmp_path):
 
 
 def test_nonfinite_batch_skips_the_update(tmp_path):
-    cfg = micro_config(batch=2)
-    cfg.mesh.update(data=1, fsdp=1, model=1)
+    cfg = micro_config(batch=2, single_device=True)
     trainer = loop.Trainer(cfg, str(tmp_path), devices=jax.devices()[:1])
-    from flexavatar_jax.train import inputs
-
-    source = inputs.train_source(cfg, inputs.make_world(cfg, trainer.head), False)
-    batch = {k: np.stack([source[i][k] for i in range(2)]) for k in source[0]}
+    batch = first_examples(cfg, trainer, 2)
     state = trainer.init_state()
     before = jax.tree.map(np.asarray, state.params)
     bad = dict(batch, target_images=batch["target_images"].copy())
@@ -106,14 +123,10 @@ def test_nonfinite_batch_skips_the_update(tmp_path):
 def test_gradient_accumulation_matches_the_full_batch(tmp_path):
     cfg = micro_config(batch=4)
     trainer = loop.Trainer(cfg, str(tmp_path), devices=jax.devices()[:1])
-    from flexavatar_jax.train import inputs
-
-    source = inputs.train_source(cfg, inputs.make_world(cfg, trainer.head), False)
-    batch = {k: jnp.asarray(np.stack([source[i][k] for i in range(4)])) for k in source[0]}
+    batch = {k: jnp.asarray(v) for k, v in first_examples(cfg, trainer, 4).items()}
     state = trainer.init_state()
     one = jax.jit(step_lib.make_train_step(trainer.system, cfg, trainer.tx))
-    cfg2 = micro_config(batch=4)
-    cfg2.train.grad_accum = 2
+    cfg2 = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, grad_accum=2))
     two = jax.jit(step_lib.make_train_step(trainer.system, cfg2, trainer.tx))
     s1, m1 = one(state, batch, jax.random.key(0))
     s2, m2 = two(state, batch, jax.random.key(0))
@@ -131,21 +144,19 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path):
 
 
 def test_bfloat16_compute_and_lowres_branch_give_finite_losses(tmp_path):
-    cfg = micro_config(batch=2)
-    cfg.model.compute_dtype = "bfloat16"
-    cfg.loss.lowres.weight = 0.5
+    c = micro_dict(batch=2)
+    c.model.compute_dtype = "bfloat16"
+    c.loss.lowres.weight = 0.5
+    cfg = Config.from_dict(c)
     trainer = loop.Trainer(cfg, str(tmp_path), devices=jax.devices()[:1])
-    from flexavatar_jax.train import inputs
-
-    source = inputs.train_source(cfg, inputs.make_world(cfg, trainer.head), False)
-    batch = {k: jnp.asarray(np.stack([source[i][k] for i in range(2)])) for k in source[0]}
+    batch = {k: jnp.asarray(v) for k, v in first_examples(cfg, trainer, 2).items()}
     params = trainer.init_state().params
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))  # params stay float32
     loss, metrics = jax.jit(lambda p: step_lib.compute_losses(trainer.system, cfg, p, batch, 0))(params)
     assert np.isfinite(float(loss)) and float(metrics["loss/lowres"]) > 0
     # bf16 compute changes the numbers only at bf16 precision.
-    cfg32 = micro_config(batch=2)
-    cfg32.loss.lowres.weight = 0.5
+    cfg32 = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, compute_dtype="float32"))
+    assert cfg32.loss.lowres.weight == 0.5
     trainer32 = loop.Trainer(cfg32, str(tmp_path / "f32"), devices=jax.devices()[:1])
     loss32, _ = jax.jit(lambda p: step_lib.compute_losses(trainer32.system, cfg32, p, batch, 0))(params)
     assert abs(float(loss) - float(loss32)) < 0.05 * abs(float(loss32))

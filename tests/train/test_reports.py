@@ -7,22 +7,17 @@ import json
 import jax
 import pytest
 
+from flexavatar_jax.config import Config
 from flexavatar_jax.train import loop, reports
-from tests.train.test_loop import micro_config
-
-
-def test_restore_params_without_checkpoints_names_the_workdir(tmp_path):
-    cfg = micro_config(batch=2)
-    trainer = loop.Trainer(cfg, str(tmp_path), devices=jax.devices()[:1])
-    with pytest.raises(FileNotFoundError, match="train first"):
-        reports.restore_params(trainer, str(tmp_path))
+from tests.train.test_loop import micro_dict
 
 
 def test_evaluate_workdir_reports_trained_against_untrained(tmp_path):
-    cfg = micro_config(steps=2, batch=2)
-    cfg.mesh.update(data=1, fsdp=1, model=1)
-    cfg.eval.update(num_identities=2, num_targets=2, batch_size=2, views=(1, 2))
-    cfg.train.image_every = 2
+    c = micro_dict(steps=2, batch=2)
+    c.mesh.update(data=1, fsdp=1, model=1)
+    c.eval.update(num_identities=2, num_targets=2, batch_size=2, views=(1, 2))
+    c.train.image_every = 2
+    cfg = Config.from_dict(c)
     run = loop.train(cfg, str(tmp_path), devices=jax.devices()[:1])
     from PIL import Image
 
@@ -31,7 +26,8 @@ def test_evaluate_workdir_reports_trained_against_untrained(tmp_path):
         assert grid.size == (4 * 32, 2 * 32)
     with Image.open(tmp_path / "images" / "heldout_turntable_0000002.png") as strip:
         assert strip.size == (8 * 32, 32)
-    out = reports.evaluate_workdir(cfg, str(tmp_path), trainer=run["trainer"])
+    # The newest checkpoint, read back through `inference` (params only, one device).
+    out = reports.evaluate_workdir(cfg, str(tmp_path))
     saved = json.loads((tmp_path / "eval.json").read_text())
     untrained = json.loads((tmp_path / "eval_untrained.json").read_text())
     gains = json.loads((tmp_path / "eval_gain.json").read_text())
