@@ -12,8 +12,9 @@ its ConfigDict into a `TransformerConfig`:
     config.to_dict()                                               # JSON-able (checkpoints, avatars)
 
 Every field is documented here, once. The classes are frozen and hashable (a `ModelConfig` is a
-static Linen field and a jit-cache key). The data-layer option types (`SyntheticConfig`,
-`BalanceConfig`) are used as they are, not copied.
+static Linen field and a jit-cache key). The data layer's option types are used as they are, not
+copied: `DataConfig` extends `ExampleConfig` (with its `BalanceConfig`), `data.synthetic` is a
+`SyntheticConfig`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from typing import Any, TypeVar
 
 from flax.core import FrozenDict
 
-from flexavatar_jax.data.balance import BalanceConfig
 from flexavatar_jax.data.pipeline import ExampleConfig
 from flexavatar_jax.data.synthetic import SyntheticConfig
 

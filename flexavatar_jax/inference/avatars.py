@@ -106,12 +106,12 @@ def save_avatar(path: str | os.PathLike, avatar: Avatar, system: FlexAvatar, *, 
 
     Raises ValueError for an avatar that does not fit `system` (`FlexAvatar.check_avatar`) or has
     non-finite values."""
-    system.check_avatar(avatar)
     arrays = {key: np.asarray(getattr(avatar, field), np.float32) for field, key in AVATAR_ARRAYS.items()}
+    k, c, s = _avatar_dims(arrays, "avatar")
+    system.check_avatar(avatar)
     for name, a in arrays.items():
         if not np.all(np.isfinite(a)):
             raise ValueError(f"avatar.{name} has {int(np.sum(~np.isfinite(a)))} non-finite values")
-    k, c, s = _avatar_dims(arrays, "avatar")
     meta = dict(format=AVATAR_FORMAT, version=AVATAR_VERSION, image_size=int(system.image_size), source=str(source),
                 uv_resolution=k, id_channels=c, num_shape=s, model=to_dict(system.cfg))
     path = Path(path)

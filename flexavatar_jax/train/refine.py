@@ -91,7 +91,8 @@ def _psnr(predict: Predictor, params: Any, batch: dict[str, np.ndarray]) -> floa
 class Refiner:
     """Compiles the refinement step once (per input-view count) and runs it."""
 
-    def __init__(self, system: FlexAvatar, config: Config, perceptual=None):
+    def __init__(self, system: FlexAvatar, config: Config | Any, perceptual=None):
+        config = as_config(config)
         self.config = config
         self.tx = refine_optimizer(config.refine.lr)
         self.step = jax.jit(step_lib.make_train_step(system, config, self.tx, perceptual, detach_mouth=True))

@@ -65,6 +65,9 @@ def evaluate_workdir(config: Config | Any, workdir: str, out_dir: str | None = N
     `predict`, the parameters are loaded through `inference` (params only, one device)."""
     config = as_config(config)
     step = None
+    if predict is not None and (params is None or untrained is None or world is None):
+        raise ValueError("evaluate_workdir: with a predict function, also give params, untrained and world "
+                         "(or give none of them to load the checkpoint through inference)")
     if predict is None:
         system = inference.make_system(config.model, config.head)
         predict = host_predictor(system)
