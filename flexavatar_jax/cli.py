@@ -340,6 +340,22 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+def _persistent_compilation_cache() -> None:
+    """Keep XLA's compiled programs on disk, so a repeated command (reconstruct, animate, a resumed
+    train) skips compilation: under $FLEXAVATAR_CACHE/xla (default ~/.cache/flexavatar_jax/xla),
+    unless JAX_COMPILATION_CACHE_DIR names another place; FLEXAVATAR_XLA_CACHE=0 turns it off.
+    A cached program is the same executable, so results do not change."""
+    if os.environ.get("FLEXAVATAR_XLA_CACHE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return  # jax reads it itself
+    import jax
+
+    from flexavatar_jax.head.procedural import cache_dir
+
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
+
+
 def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [f"usage: {PROG} COMMAND [flags]   ({PROG} COMMAND --help lists a command's flags)", "", "commands:"]
@@ -373,6 +389,7 @@ def main(argv: list[str]) -> int:
         # absl logging reads the global flags: parse them (empty) so library logging works.
         if not flags.FLAGS.is_parsed():
             flags.FLAGS([PROG])
+        _persistent_compilation_cache()
         command.run(fv)
     except (UsageError, flags.Error) as e:
         print(f"{PROG} {name}: error: {e}", file=sys.stderr)

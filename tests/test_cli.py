@@ -168,3 +168,22 @@ def test_avatar_commands_load_params_only_and_build_no_trainer(tmp_path):
     with np.load(avatar) as f:
         assert f["raw_maps"].shape == (64, 64, 14)
 
+
+
+def test_commands_keep_compiled_programs_on_disk(tmp_path, monkeypatch):
+    import jax
+
+    from flexavatar_jax import cli
+
+    before = jax.config.jax_compilation_cache_dir
+    monkeypatch.setenv("FLEXAVATAR_CACHE", str(tmp_path))
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    try:
+        monkeypatch.setenv("FLEXAVATAR_XLA_CACHE", "0")
+        cli._persistent_compilation_cache()
+        assert jax.config.jax_compilation_cache_dir == before  # switched off: untouched
+        monkeypatch.setenv("FLEXAVATAR_XLA_CACHE", "1")
+        cli._persistent_compilation_cache()
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)

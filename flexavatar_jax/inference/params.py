@@ -9,15 +9,17 @@ and no mesh, optimizer or train step is built. The checkpoint layout (written by
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import flax.linen as nn
+import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from flexavatar_jax.config import Config, ModelConfig, as_config
+from flexavatar_jax.config import Config, ModelConfig, as_config, to_dict
 from flexavatar_jax.head import HeadModel, load_head
 from flexavatar_jax.models.avatar import FlexAvatar
 from flexavatar_jax.models.encoder import load_encoder_npz
@@ -46,37 +48,76 @@ def initial_params(system: FlexAvatar, seed: int) -> Any:
     return params
 
 
+def _manager(directory: str) -> ocp.CheckpointManager:
+    # Every item's handler is named, so reading one item's metadata does not warn about the others.
+    handlers = {"state": ocp.PyTreeCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
+                "data": grain.checkpoint.CheckpointHandler()}
+    return ocp.CheckpointManager(directory, item_handlers=handlers, options=ocp.CheckpointManagerOptions(create=False))
+
+
 def load_params(system: FlexAvatar, workdir: str | os.PathLike, *, ema: bool = False) -> tuple[int, Any]:
     """(step, params) of the newest readable checkpoint under `workdir` (its `ema_params` when
-    `ema`), placed on the default device. An unreadable newest step (an interrupted write) is
-    reported and the previous one is tried. FileNotFoundError when there is no checkpoint."""
+    `ema`), placed on the default device. The arrays' shapes come from the checkpoint's metadata
+    (nothing is traced); when the run's recorded model config differs from `system`'s in a field
+    that shapes parameters, ValueError names the fields. An unreadable newest step (an
+    interrupted write) is reported and the previous one is tried. FileNotFoundError when there is
+    no checkpoint."""
     directory = checkpoint_dir(workdir)
+    missing = FileNotFoundError(f"no checkpoint under {directory}: train first (flexavatar-jax train)")
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"no checkpoint under {directory}: train first (flexavatar-jax train)")
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                            nn.meta.unbox(jax.eval_shape(system.init, jax.random.key(0))))
+        raise missing
     key = "ema_params" if ema else "params"
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = {key: abstract}
-    restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), target)
-    manager = ocp.CheckpointManager(directory, item_names=CHECKPOINT_ITEMS,
-                                    options=ocp.CheckpointManagerOptions(create=False))
+    manager = _manager(directory)
     try:
         steps = sorted(manager.all_steps())
         for step in reversed(steps):
             try:
+                tree = manager.item_metadata(step)["state"].tree
+                if tree.get(key) is None:
+                    raise ValueError(f"the saved train state has no {key!r}")
+                target = {key: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree[key])}
+                restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), target)
                 # partial_restore: only this subtree of the saved TrainState is read from disk.
-                restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-                    target, restore_args=restore_args, partial_restore=True)))
-                return step, restored["state"][key]
+                restored = manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.PyTreeRestore(target, restore_args=restore_args, partial_restore=True),
+                    config=ocp.args.JsonRestore()))
             except Exception as e:  # noqa: BLE001 - any unreadable step: report and try the previous one
                 logging.warning("checkpoint step %d in %s is unreadable (%s: %s); trying the previous one", step,
                                 directory, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+                continue
+            check_trained_config(system.cfg, restored["config"].get("model", {}), directory)
+            return step, restored["state"][key]
         if steps:
             raise ValueError(f"no readable checkpoint in {directory} (tried steps {steps})")
-        raise FileNotFoundError(f"no checkpoint under {directory}: train first (flexavatar-jax train)")
+        raise missing
     finally:
         manager.close()
+
+
+# Model-config fields that do not shape parameters: a run may be used with other values of these.
+_FREE_FIELDS = ("compute_dtype", "encoder.pretrained", "init_opacity", "init_scale", "offset_scale", "driving_scale",
+                "subtract_neutral")
+
+
+def check_trained_config(model: ModelConfig, recorded: dict, where: str) -> None:
+    """ValueError naming every model field (outside `_FREE_FIELDS`) whose value differs between
+    `model` and the `recorded` model config of a checkpoint."""
+    def flat(tree: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in tree.items():
+            if isinstance(v, dict) and k != "dense_regions":
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[prefix + k] = v
+        return out
+
+    have, saved = flat(json.loads(json.dumps(to_dict(model)))), flat(recorded)
+    differ = [f"model.{k}: trained with {saved.get(k, 'nothing')!r}, given {have.get(k, 'nothing')!r}"
+              for k in sorted(set(have) | set(saved)) if k not in _FREE_FIELDS and have.get(k) != saved.get(k)]
+    if differ:
+        raise ValueError(f"{where} holds a model of another configuration: " + "; ".join(differ)
+                         + " (pass the config the run was trained with)")
 
 
 def load(config: Config | Any, workdir: str | os.PathLike) -> tuple[FlexAvatar, Any]:

@@ -54,6 +54,13 @@ def test_load_restores_exactly_the_trained_params(tmp_path):
                for a, b in zip(jax.tree.leaves(raw), jax.tree.leaves(ema)))
     # On the default device, as plain arrays (no mesh).
     assert all(leaf.sharding.device_set == {jax.devices()[0]} for leaf in jax.tree.leaves(params))
+    # A model of another shape is refused with the differing field named; a field that does not
+    # shape parameters (the compute dtype) may differ.
+    other = dataclasses.replace(cfg.model, decoder=dataclasses.replace(cfg.model.decoder, id_channels=3))
+    with pytest.raises(ValueError, match=r"model\.decoder\.id_channels: trained with \d+, given 3"):
+        inference.load_params(inference.make_system(other, system.head), tmp_path)
+    bf16 = inference.make_system(dataclasses.replace(cfg.model, compute_dtype="bfloat16"), system.head)
+    _assert_bitwise_equal(inference.load_params(bf16, tmp_path)[1], state.params)
 
 
 def test_initial_params_are_the_trainers_initial_params(tmp_path):
