@@ -8,25 +8,10 @@ import numpy as np
 import pytest
 
 from flexavatar_jax.data import eval_sets
-from flexavatar_jax.data.synthetic import heldout_ids
 from flexavatar_jax.train import evaluate as ev
 from flexavatar_jax.train.perceptual import LPIPSLoss, expected_shapes, params_from_arrays
-from tests.data.test_eval_sets import NUM_TARGETS, eval_world
-
-
-@pytest.fixture(scope="module")
-def world():
-    return eval_world()
-
-
-@pytest.fixture(scope="module")
-def ids():
-    return heldout_ids(3)
-
-
-@pytest.fixture(scope="module")
-def self_set(world, ids):
-    return eval_sets.build_eval_set(world, ids, num_views=4, num_targets=NUM_TARGETS, mode="self", seed=0)
+# The eval-set fixtures (module-scoped world, held-out ids, self-reenactment set) are shared.
+from tests.data.test_eval_sets import NUM_TARGETS, ids, self_set, world  # noqa: F401
 
 
 def oracle(batch):
