@@ -21,13 +21,13 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from flexavatar_jax.config import to_dict
+from flexavatar_jax.inference.params import model_config_differences
 from flexavatar_jax.data import eval_sets, media
 from flexavatar_jax.data import motion as motion_lib
 from flexavatar_jax.data.pipeline import PARAM_FIELDS
@@ -85,19 +85,6 @@ _PROGRAMS: dict[str, Callable[[FlexAvatar], Callable]] = {
 
 
 # ---------------------------------------------------------------------------------------------- files
-def _json_normalised(tree: Any) -> Any:
-    """Tuples -> lists etc., so a live config compares equal to one read back from JSON."""
-    return json.loads(json.dumps(tree))
-
-
-def _lookup(tree: dict, dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(tree, dict) or part not in tree:
-            return KeyError
-        tree = tree[part]
-    return tree
-
-
 def save_avatar(path: str | os.PathLike, avatar: Avatar, system: FlexAvatar, *, source: str = "") -> None:
     """Write one avatar of `system` (unbatched: `raw_maps [K,K,14]`, `identity_features [K,K,C]`,
     `shape_coeffs [S]`) as a `.npz` holding the three float32 arrays (`raw_maps`,
@@ -182,14 +169,9 @@ def load_avatar(path: str | os.PathLike, system: FlexAvatar | None = None) -> tu
 
 
 def _check_recorded_config(system: FlexAvatar, meta: dict) -> None:
-    recorded = meta.get("model", {})
-    current = _json_normalised(to_dict(system.cfg))
-    problems = []
-    for key in ANIMATION_CONFIG_KEYS:
-        a, b = _lookup(recorded, key), _lookup(current, key)
-        if a != b:
-            problems.append(f"model.{key} is {'missing' if a is KeyError else a!r} in the avatar's config but "
-                            f"{'missing' if b is KeyError else b!r} in the system's")
+    differences = model_config_differences(system.cfg, meta.get("model", {}))
+    problems = [f"model.{key} is {differences[key][0]!r} in the avatar's config but {differences[key][1]!r} in the "
+                "system's" for key in ANIMATION_CONFIG_KEYS if key in differences]
     if problems:
         raise ValueError("avatar does not match the model: " + "; ".join(problems))
 

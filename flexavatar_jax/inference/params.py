@@ -100,9 +100,18 @@ _FREE_FIELDS = ("compute_dtype", "encoder.pretrained", "init_opacity", "init_sca
                 "subtract_neutral")
 
 
-def check_trained_config(model: ModelConfig, recorded: dict, where: str) -> None:
-    """ValueError naming every model field (outside `_FREE_FIELDS`) whose value differs between
-    `model` and the `recorded` model config of a checkpoint."""
+class _Missing:
+    def __repr__(self) -> str:
+        return "missing"
+
+
+MISSING = _Missing()  # a field one of the two configs does not have
+
+
+def model_config_differences(model: ModelConfig, recorded: dict) -> dict[str, tuple[Any, Any]]:
+    """`{dotted field: (recorded value, value in model)}` for every field of the model config
+    whose value differs from a `recorded` one (read back from JSON: a checkpoint's or an avatar
+    file's); a field only one side has reads as `MISSING`. `dense_regions` compares as a whole."""
     def flat(tree: dict, prefix: str = "") -> dict:
         out = {}
         for k, v in tree.items():
@@ -112,9 +121,17 @@ def check_trained_config(model: ModelConfig, recorded: dict, where: str) -> None
                 out[prefix + k] = v
         return out
 
+    # Through JSON, so tuples compare equal to the lists read back.
     have, saved = flat(json.loads(json.dumps(to_dict(model)))), flat(recorded)
-    differ = [f"model.{k}: trained with {saved.get(k, 'nothing')!r}, given {have.get(k, 'nothing')!r}"
-              for k in sorted(set(have) | set(saved)) if k not in _FREE_FIELDS and have.get(k) != saved.get(k)]
+    return {k: (saved.get(k, MISSING), have.get(k, MISSING)) for k in sorted(set(have) | set(saved))
+            if saved.get(k, MISSING) != have.get(k, MISSING)}
+
+
+def check_trained_config(model: ModelConfig, recorded: dict, where: str) -> None:
+    """ValueError naming every model field (outside `_FREE_FIELDS`) whose value differs between
+    `model` and the `recorded` model config of a checkpoint."""
+    differ = [f"model.{k}: trained with {saved!r}, given {have!r}"
+              for k, (saved, have) in model_config_differences(model, recorded).items() if k not in _FREE_FIELDS]
     if differ:
         raise ValueError(f"{where} holds a model of another configuration: " + "; ".join(differ)
                          + " (pass the config the run was trained with)")
