@@ -68,6 +68,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     d.balance = ml_collections.ConfigDict(dict(enabled=True, top_k=4, strength=8.0, min_similarity=0.3))
     d.worker_count = 0
     d.memoize_examples = 0  # >0: keep up to this many rendered examples in memory (CPU runs; 0 = off)
+    d.cache_dir = ""  # non-empty: keep rendered synthetic examples and eval sets on disk there (studies)
 
     # ---------------------------------------------------------------- losses
     lo = c.loss = ml_collections.ConfigDict()
@@ -119,7 +120,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     )
 
     # ---------------------------------------------------------------- evaluation / refinement
-    c.eval = ml_collections.ConfigDict(dict(num_identities=4, clips=1, views=(1, 4), num_targets=8, batch_size=4))
+    c.eval = ml_collections.ConfigDict(dict(num_identities=4, clips=1, views=(1, 4), num_targets=8, batch_size=4,
+                                            seed=0, shuffle_control=False))
     c.refine = ml_collections.ConfigDict(dict(steps=20, lr=5e-5, time_budget_s=0.0))
 
     if arg == "tiny":

@@ -12,6 +12,7 @@
     flexavatar-jax animate --config ... --workdir out/tiny --avatar me.npz (--motion m.npz | --driver_identity 1000001)
         --out me.gif        (also writes me_turntable.gif)
     flexavatar-jax export --config ... --workdir out/tiny --avatar me.npz --out me.ply
+    flexavatar-jax sweep plan|run|report --study configs/studies/identity_scaling.py:tiny --root out/study
 
 Every command has its own flags (`flexavatar-jax COMMAND --help` lists them); a config given as
 `--config FILE:VARIANT` takes `--config.a.b=value` overrides and is converted once, here, into the
@@ -311,6 +312,36 @@ def run_export(fv: flags.FlagValues) -> None:
     print(f"wrote {out} ({n:,} Gaussians)")
 
 
+# ---------------------------------------------------------------------------------------------- studies
+SWEEP_ACTIONS = ("plan", "run", "report")
+
+
+def _sweep_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+    flags.DEFINE_string("study", None, "Study config FILE:VARIANT, e.g. configs/studies/identity_scaling.py:tiny.",
+                        flag_values=fv)
+    flags.DEFINE_string("root", None, "The study's directory (one workdir per point, cache/, report/).",
+                        flag_values=fv)
+    flags.DEFINE_integer("max_points", None, "run: stop after training this many points.", flag_values=fv)
+    flags.DEFINE_integer("bootstrap", 1000, "report: bootstrap resamples for intervals and fits.", flag_values=fv)
+
+
+def run_sweep(fv: flags.FlagValues, action: str) -> None:
+    from flexavatar_jax.studies import load_study, report, runner
+
+    study, root = load_study(_required(fv, "study")), _required(fv, "root")
+    if action == "plan":
+        commands = runner.plan(study, root)
+        print("\n".join(commands))
+        print(f"# {len(commands)} points; wrote {root}/commands.txt and {root}/slurm_array.sh", file=sys.stderr)
+    elif action == "run":
+        statuses = runner.run(study, root, max_points=fv.max_points)
+        counts = {s: sum(v == s for v in statuses.values()) for s in runner.STATUSES}
+        print("points: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
+    else:
+        out = report.write_report(study, root, bootstrap=fv.bootstrap)
+        print(f"wrote {out}")
+
+
 _RUN = _flags(_config_flag("configs/flexavatar.py:tiny"), _workdir)
 _DATASET = _config_flag("configs/synthetic_data.py:tiny")
 
@@ -337,6 +368,8 @@ COMMANDS: dict[str, Command] = {
                        run_animate),
     "export": Command("A 3DGS .ply of an avatar (neutral expression) for splat viewers.",
                       _flags(_RUN, _avatar_flag, _out(None, "The .ply to write.")), run_export),
+    "sweep": Command("A study over configs: `sweep plan|run|report --study FILE:VARIANT --root DIR`.",
+                     _sweep_flags, None),
 }
 
 
@@ -384,13 +417,19 @@ def main(argv: list[str]) -> int:
             positional = fv([f"{PROG} {name}", *rest])
         except (AttributeError, KeyError) as e:  # ml_collections: an override of a field the config lacks
             raise UsageError(f"bad config override: {e}") from None
-        if len(positional) > 1:
+        if name == "sweep":
+            if len(positional) != 2 or positional[1] not in SWEEP_ACTIONS:
+                raise UsageError(f"sweep needs one action of {'|'.join(SWEEP_ACTIONS)}, got {positional[1:]}")
+        elif len(positional) > 1:
             raise UsageError(f"unexpected arguments {positional[1:]} (flags are --name=value)")
         # absl logging reads the global flags: parse them (empty) so library logging works.
         if not flags.FLAGS.is_parsed():
             flags.FLAGS([PROG])
         _persistent_compilation_cache()
-        command.run(fv)
+        if name == "sweep":
+            run_sweep(fv, positional[1])
+        else:
+            command.run(fv)
     except (UsageError, flags.Error) as e:
         print(f"{PROG} {name}: error: {e}", file=sys.stderr)
         return 2

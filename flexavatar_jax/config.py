@@ -132,7 +132,9 @@ class DataConfig(ExampleConfig):
     comma-separated); `num_identities` training ids [0, N) (the scaling-law knob); `num_heldout`
     held-out ids; `synthetic` the synthetic world (its `image_size` is `model.image_size`);
     `worker_count` grain workers; `memoize_examples` > 0 keeps up to that many rendered examples
-    in memory (CPU runs)."""
+    in memory (CPU runs); `cache_dir` (non-empty) keeps every rendered synthetic example and
+    held-out eval set on disk there (`data.cache`), shared by every run whose data are the same
+    (a study's points), so each example is rendered once."""
 
     source: str = "synthetic"
     vhap_folders: str = ""
@@ -141,6 +143,7 @@ class DataConfig(ExampleConfig):
     synthetic: SyntheticConfig = SyntheticConfig()
     worker_count: int = 0
     memoize_examples: int = 0
+    cache_dir: str = ""
 
     def example_config(self, needs_cameras: bool) -> ExampleConfig:
         """The `ExampleConfig` part, with input annotations when the lifter `needs_cameras`."""
@@ -217,13 +220,19 @@ class MeshConfig:
 @frozen
 class EvalConfig:
     """Held-out evaluation: `num_identities`, `clips`, input-view counts `views`, `num_targets` per
-    identity, `batch_size` of the predictor."""
+    identity, `batch_size` of the predictor; `seed` of the eval-set draws (independent of the run's
+    seed, so runs with different seeds are scored on the same targets); `shuffle_control` also
+    predicts every target from another held-out identity's inputs (the *identity gain* = own −
+    shuffled separates learning the person from learning an average head). `train.eval_every`
+    scores the self-reenactment set from `max(views)` inputs (with the control) during training."""
 
     num_identities: int = 4
     clips: int = 1
     views: tuple[int, ...] = (1, 4)
     num_targets: int = 8
     batch_size: int = 4
+    seed: int = 0
+    shuffle_control: bool = False
 
 
 @frozen

@@ -38,12 +38,13 @@ engine's `motion.sample_cameras`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
-from flexavatar_jax.data import motion
+from flexavatar_jax.data import cache, motion
 from flexavatar_jax.data.pipeline import MAX_INPUTS, PARAM_FIELDS
 from flexavatar_jax.data.synthetic import SyntheticWorld
 
@@ -241,5 +242,32 @@ def with_num_views(eval_set: dict[str, np.ndarray], num_views: int) -> dict[str,
     return out
 
 
-__all__ = ["FRONTAL_MAX_AZIMUTH_DEG", "MODES", "build_eval_set", "render_view", "target_azimuths", "with_num_views",
-           "wrap_deg"]
+def with_inputs_of_next(eval_set: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The input-shuffle control: row k keeps its targets but gets the inputs (images, masks,
+    cameras, tracked parameters) of row k+1 (cyclically), i.e. of another identity. A model that
+    reconstructs the person in the photos scores worse on it; one that renders an average head
+    scores the same. Needs at least two rows."""
+    n = len(eval_set["num_inputs"])
+    if n < 2:
+        raise ValueError("the input-shuffle control needs at least two identities in the eval set")
+    out = dict(eval_set)
+    for key, value in eval_set.items():
+        if key.startswith("input_") or key == "num_inputs":
+            out[key] = np.roll(value, -1, axis=0)
+    return out
+
+
+def cached_eval_set(world: SyntheticWorld, identity_ids: Sequence[int], num_views: int, num_targets: int,
+                    mode: str = "self", seed: int = 0, cache_dir: str | None = None) -> dict[str, np.ndarray]:
+    """`build_eval_set`, kept in `cache_dir` (when given) so runs that share the world and the draw
+    render it once."""
+    build = lambda: build_eval_set(world, identity_ids, num_views, num_targets, mode, seed)  # noqa: E731
+    if not cache_dir:
+        return build()
+    key = {"world": dataclasses.asdict(world.config), "ids": [int(i) for i in identity_ids], "views": num_views,
+           "targets": num_targets, "mode": mode, "seed": seed}
+    return cache.cached_arrays(cache.keyed_directory(cache_dir, "eval_sets", key), "eval_set", build)
+
+
+__all__ = ["FRONTAL_MAX_AZIMUTH_DEG", "MODES", "build_eval_set", "cached_eval_set", "render_view", "target_azimuths",
+           "with_inputs_of_next", "with_num_views", "wrap_deg"]

@@ -3,6 +3,14 @@
 
 Splits: `all`, `ordinary` / `marginal` driving frames (the rare extreme expressions), `frontal` /
 `side_back` target cameras (|azimuth| ≤ `eval_sets.FRONTAL_MAX_AZIMUTH_DEG`).
+
+Metrics per target: PSNR of the whole image, `psnr_head` (PSNR inside the union of the true and
+the predicted silhouette: the background, the same for every identity, does not dilute it), SSIM,
+LPIPS (with weights) and the silhouette IoU. With the *input-shuffle control* every target is also
+predicted from another held-out identity's inputs (`eval_sets.with_inputs_of_next`); the
+*identity gain* (own − shuffled, per metric) is what the model learned about the person rather
+than about an average head: plain PSNR can fall while it rises, when a model that ignores its
+inputs renders a smooth mean head.
 """
 
 from __future__ import annotations
@@ -16,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flexavatar_jax.data.eval_sets import FRONTAL_MAX_AZIMUTH_DEG, MODES, build_eval_set, with_num_views, wrap_deg
+from flexavatar_jax.data.eval_sets import (FRONTAL_MAX_AZIMUTH_DEG, MODES, cached_eval_set, with_inputs_of_next,
+                                           with_num_views, wrap_deg)
 from flexavatar_jax.data.synthetic import SyntheticWorld
 from flexavatar_jax.train import metrics
 from flexavatar_jax.train.perceptual import LPIPSLoss
@@ -25,7 +34,7 @@ from flexavatar_jax.train.perceptual import LPIPSLoss
 # eval.json strict JSON. 100 dB is an MSE of 1e-10, far below float32 rendering noise.
 PSNR_CAP_DB = 100.0
 SPLITS = ("all", "ordinary", "marginal", "frontal", "side_back")
-METRICS = ("psnr", "ssim", "lpips", "iou")
+METRICS = ("psnr", "psnr_head", "ssim", "lpips", "iou")
 
 PredictFn = Callable[[dict[str, np.ndarray]], tuple[Any, Any]]
 
@@ -34,7 +43,9 @@ PredictFn = Callable[[dict[str, np.ndarray]], tuple[Any, Any]]
 @jax.jit
 def _image_metrics(pred_rgb, pred_alpha, rgb, alpha):
     psnr = jnp.minimum(metrics.psnr(pred_rgb, rgb), PSNR_CAP_DB)
-    return psnr, metrics.ssim(pred_rgb, rgb), metrics.alpha_iou(pred_alpha, alpha)
+    head = (alpha > 0.5) | (pred_alpha > 0.5)
+    psnr_head = jnp.minimum(metrics.psnr(pred_rgb, rgb, head), PSNR_CAP_DB)
+    return psnr, psnr_head, metrics.ssim(pred_rgb, rgb), metrics.alpha_iou(pred_alpha, alpha)
 
 
 @jax.jit
@@ -67,10 +78,10 @@ def evaluate(predict_fn: PredictFn, eval_set: dict[str, np.ndarray], *,
     `predict_fn(batch) -> (rgb [B,T,H,W,3], alpha [B,T,H,W,1])` gets `batch_size` rows of the eval
     set (the last batch is padded by repeating the final row, so a jitted predictor compiles once)
     and renders every target; predictions are scored as given (no clipping). Per target: PSNR (dB,
-    full image, capped at `PSNR_CAP_DB`), SSIM, LPIPS (only with `perceptual(pred, target) -> [...]`,
+    full image, capped at `PSNR_CAP_DB`), `psnr_head` (module docstring), SSIM, LPIPS (only with `perceptual(pred, target) -> [...]`,
     e.g. an `LPIPSLoss`) and the silhouette IoU of alpha.
 
-    Returns `{split: {"count", "psnr", "ssim", "lpips", "iou"}}` for every split in `SPLITS` (a
+    Returns `{split: {"count", *METRICS}}` for every split in `SPLITS` (a
     metric is None for an empty split or, for LPIPS, without `perceptual`), and `"per_target"`:
     lists [N][T] of every metric, `marginal` and `azimuth_deg`."""
     if batch_size < 1:
@@ -87,7 +98,7 @@ def evaluate(predict_fn: PredictFn, eval_set: dict[str, np.ndarray], *,
             raise ValueError(f"predict_fn returned rgb {tuple(rgb.shape)} and alpha {tuple(alpha.shape)}, expected "
                              f"{gt_rgb.shape} and {gt_alpha.shape}")
         rgb, alpha = jnp.asarray(rgb, jnp.float32), jnp.asarray(alpha, jnp.float32)
-        values = dict(zip(("psnr", "ssim", "iou"), _image_metrics(rgb, alpha, gt_rgb, gt_alpha)))
+        values = dict(zip(("psnr", "psnr_head", "ssim", "iou"), _image_metrics(rgb, alpha, gt_rgb, gt_alpha)))
         if perceptual is not None:
             pytree = isinstance(perceptual, LPIPSLoss)
             values["lpips"] = _lpips_pytree(perceptual, rgb, gt_rgb) if pytree else perceptual(rgb, gt_rgb)
@@ -104,21 +115,59 @@ def evaluate(predict_fn: PredictFn, eval_set: dict[str, np.ndarray], *,
     return results
 
 
+def _difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    return {"count": a["count"], **{m: None if a[m] is None or b[m] is None else a[m] - b[m] for m in METRICS}}
+
+
+def evaluate_with_control(predict_fn: PredictFn, eval_set: dict[str, np.ndarray], *, shuffle_control: bool,
+                          perceptual: Callable[[Any, Any], Any] | None = None, batch_size: int = 4) -> dict[str, Any]:
+    """`evaluate`, and with `shuffle_control` also `"shuffled"` (the same targets from the next
+    identity's inputs: `{split: summary}`), `"identity_gain"` (own − shuffled, `{split: summary}`)
+    and the per-target `<metric>_shuffled` lists."""
+    own = evaluate(predict_fn, eval_set, perceptual=perceptual, batch_size=batch_size)
+    if not shuffle_control:
+        return own
+    other = evaluate(predict_fn, with_inputs_of_next(eval_set), perceptual=perceptual, batch_size=batch_size)
+    own["shuffled"] = {split: other[split] for split in SPLITS}
+    own["identity_gain"] = {split: _difference(own[split], other[split]) for split in SPLITS}
+    own["per_target"].update({f"{name}_shuffled": other["per_target"][name] for name in METRICS
+                              if name in other["per_target"]})
+    return own
+
+
 def run_evaluation(predict_fn: PredictFn, world: SyntheticWorld, identity_ids: Sequence[int],
                    views: Sequence[int] = (1, 4), modes: Sequence[str] = MODES, num_targets: int = 8,
                    perceptual: Callable[[Any, Any], Any] | None = None, seed: int = 0,
-                   batch_size: int = 4) -> dict[str, dict[str, dict]]:
-    """`results[mode][f"{v}_views"] = evaluate(...)` for every mode and input-view count; each mode's
-    set is rendered once (with max(views) inputs) and the smaller view counts mask it down, so every
-    view count is scored on the same targets."""
+                   batch_size: int = 4, shuffle_control: bool = False,
+                   cache_dir: str | None = None) -> dict[str, dict[str, dict]]:
+    """`results[mode][f"{v}_views"] = evaluate_with_control(...)` for every mode and input-view
+    count; each mode's set is rendered once (with max(views) inputs; kept in `cache_dir` when
+    given) and the smaller view counts mask it down, so every view count is scored on the same
+    targets."""
     if not views:
         raise ValueError("run_evaluation: no view counts given")
     results: dict[str, dict[str, dict]] = {}
     for mode in modes:
-        full = build_eval_set(world, identity_ids, max(views), num_targets, mode, seed)
-        results[mode] = {f"{v}_views": evaluate(predict_fn, with_num_views(full, v), perceptual=perceptual,
-                                                batch_size=batch_size) for v in views}
+        full = cached_eval_set(world, identity_ids, max(views), num_targets, mode, seed, cache_dir)
+        results[mode] = {f"{v}_views": evaluate_with_control(predict_fn, with_num_views(full, v),
+                                                             shuffle_control=shuffle_control, perceptual=perceptual,
+                                                             batch_size=batch_size) for v in views}
     return results
+
+
+def flat_summary(result: dict[str, Any], prefix: str = "heldout/") -> dict[str, float]:
+    """One `evaluate_with_control` result's `all` split as flat scalars (for metrics.jsonl):
+    `<prefix><metric>`, `<prefix><metric>_shuffled`, `<prefix>identity_gain_<metric>`."""
+    out = {}
+    for name in METRICS:
+        for key, section in (("", result), ("_shuffled", result.get("shuffled")),):
+            v = None if section is None else section["all"][name]
+            if v is not None:
+                out[f"{prefix}{name}{key}"] = float(v)
+        gain = result.get("identity_gain")
+        if gain is not None and gain["all"][name] is not None:
+            out[f"{prefix}identity_gain_{name}"] = float(gain["all"][name])
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- reports
@@ -128,14 +177,16 @@ def _cell(value, digits: int) -> str:
 
 def markdown_table(results: dict[str, dict[str, dict]]) -> str:
     """One row per (mode, views, split) of `run_evaluation`'s results."""
-    lines = ["| mode | views | split | PSNR ↑ | SSIM ↑ | LPIPS ↓ | IoU ↑ | count |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| mode | views | split | PSNR ↑ | head PSNR ↑ | SSIM ↑ | LPIPS ↓ | IoU ↑ | identity gain (PSNR) ↑ | count |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for mode, by_views in results.items():
         for views_key, result in by_views.items():
             for split in SPLITS:
                 s = result[split]
+                gain = result.get("identity_gain", {}).get(split, {}).get("psnr")
                 lines.append(f"| {mode} | {views_key.removesuffix('_views')} | {split} | {_cell(s['psnr'], 2)} | "
-                             f"{_cell(s['ssim'], 4)} | {_cell(s['lpips'], 4)} | {_cell(s['iou'], 4)} | {s['count']} |")
+                             f"{_cell(s['psnr_head'], 2)} | {_cell(s['ssim'], 4)} | {_cell(s['lpips'], 4)} | "
+                             f"{_cell(s['iou'], 4)} | {_cell(gain, 2)} | {s['count']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -161,5 +212,5 @@ def write_results(results: dict, out_dir: str | os.PathLike) -> tuple[str, str]:
     return json_path, md_path
 
 
-__all__ = ["METRICS", "PSNR_CAP_DB", "SPLITS", "evaluate", "finite_or_none", "markdown_table", "run_evaluation",
-           "split_masks", "write_results"]
+__all__ = ["METRICS", "PSNR_CAP_DB", "SPLITS", "evaluate", "evaluate_with_control", "finite_or_none", "flat_summary",
+           "markdown_table", "run_evaluation", "split_masks", "write_results"]

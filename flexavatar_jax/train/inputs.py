@@ -3,12 +3,13 @@ and checkpointable loaders."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
 
 from flexavatar_jax.config import Config
-from flexavatar_jax.data import pipeline
+from flexavatar_jax.data import cache, pipeline
 from flexavatar_jax.data.synthetic import SyntheticWorld, heldout_ids
 from flexavatar_jax.head import HeadModel
 
@@ -56,9 +57,23 @@ class MemoizedSource:
         return hit
 
 
+def example_cache_directory(config: Config, needs_cameras: bool) -> str:
+    """Where `data.cache_dir` keeps this run's examples: keyed by everything that shapes an example
+    (world, example config, seed) and not by the number of identities, so runs that differ only in
+    it share their examples."""
+    key = {"world": dataclasses.asdict(config.data.synthetic),
+           "examples": dataclasses.asdict(config.data.example_config(needs_cameras)), "seed": config.seed}
+    return cache.keyed_directory(config.data.cache_dir, "examples", key)
+
+
 def train_source(config: Config, world: SyntheticWorld | None, needs_cameras: bool):
     source = pipeline.ExampleSource(frame_source(config, world), config.data.example_config(needs_cameras),
                                     seed=config.seed)
+    if config.data.cache_dir:
+        if config.data.source != "synthetic":
+            raise ValueError(f"data.cache_dir keeps rendered synthetic examples; data.source={config.data.source!r} "
+                             "is read from disk already (leave data.cache_dir empty)")
+        source = cache.DiskCachedSource(source, example_cache_directory(config, needs_cameras))
     if config.data.memoize_examples > 0:
         source = MemoizedSource(source, config.data.memoize_examples)
     return source
@@ -75,3 +90,11 @@ def train_loader(config: Config, source, process_count: int, process_index: int)
 
 def heldout(config: Config) -> np.ndarray:
     return heldout_ids(config.data.num_heldout)
+
+
+def heldout_for_eval(config: Config) -> np.ndarray:
+    """The first `eval.num_identities` held-out ids (there must be that many)."""
+    n, have = config.eval.num_identities, config.data.num_heldout
+    if not 1 <= n <= have:
+        raise ValueError(f"eval.num_identities={n} must be in [1, data.num_heldout={have}]")
+    return heldout(config)[:n]

@@ -150,8 +150,29 @@ def _heldout_inputs(config: Config, world) -> np.ndarray | None:
         return None
     ident = int(inputs.heldout(config)[0])
     es = eval_sets.build_eval_set(world, [ident], num_views=min(4, config.data.max_inputs), num_targets=1, mode="self",
-                                 seed=config.seed)
+                                 seed=config.eval.seed)
     return es["input_images"][0, : int(es["num_inputs"][0])]
+
+
+def periodic_evaluator(trainer: Trainer, config: Config, world):
+    """`params -> {"heldout/<metric>": ...}`: the self-reenactment eval set of the config's held-out
+    identities from `max(eval.views)` inputs (rendered once; kept in `data.cache_dir` when set),
+    with the input-shuffle control when `eval.shuffle_control` — what `train.eval_every` logs to
+    metrics.jsonl (the convergence curve of a study point)."""
+    from flexavatar_jax.train import evaluate as ev
+
+    e = config.eval
+    ids = inputs.heldout_for_eval(config)
+    es = eval_sets.cached_eval_set(world, ids, max(e.views), e.num_targets, "self", e.seed,
+                                   config.data.cache_dir or None)
+
+    def run(params) -> dict[str, float]:
+        t0 = time.time()
+        result = ev.evaluate_with_control(lambda b: trainer.predict(params, batch_lib.model_inputs(b)), es,
+                                          shuffle_control=e.shuffle_control, batch_size=e.batch_size)
+        return {**ev.flat_summary(result), "heldout/seconds": time.time() - t0}
+
+    return run
 
 
 def image_grid(batch: dict[str, np.ndarray], rgb: np.ndarray, rows: int = 4) -> np.ndarray:
@@ -206,19 +227,28 @@ def train(config: Config, workdir: str, *, stop_after: int | None = None,
     metrics = None
     step = start
     heldout_views = _heldout_inputs(config, world)
+    every = config.train.eval_every
+    periodic = periodic_evaluator(trainer, config, world) if every and world is not None else None
+    data_s = 0.0  # seconds spent waiting for data since the last log line
     for step in range(start, end):
+        t_data = time.time()
         batch = next(loader)
+        data_s += time.time() - t_data
         global_batch = sharding.global_batch(batch, mesh)
         state, metrics = trainer.step_global(state, global_batch, step)
         done = step + 1
         if done % config.train.log_every == 0 or done == end:
             host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            rate = (done - s_log) / max(time.time() - t_log, 1e-9)
-            host.update(steps_per_s=rate, nonfinite_skips=int(state.nonfinite_skips))
+            wall = max(time.time() - t_log, 1e-9)
+            rate = (done - s_log) / wall
+            host.update(steps_per_s=rate, nonfinite_skips=int(state.nonfinite_skips), wall_s=wall, data_s=data_s,
+                        data_share=data_s / wall)
+            data_s = 0.0
             writer.write(done, host)
             eta = (total - done) / max(rate, 1e-9)
             say(f"step {done}/{total}  loss {host['loss/total']:.4f}  psnr {host['psnr']:.2f}  "
-                 f"{rate:.2f} steps/s  ETA {eta / 60:.1f} min  skipped {host['nonfinite_skips']}")
+                 f"{rate:.2f} steps/s  data {100 * host['data_share']:.0f}%  ETA {eta / 60:.1f} min  "
+                 f"skipped {host['nonfinite_skips']}")
             t_log, s_log = time.time(), done
         if config.train.image_every and (done % config.train.image_every == 0 or done == end):
             # Computed by every process (global params), written by process 0; its own rows lead
@@ -233,6 +263,14 @@ def train(config: Config, workdir: str, *, stop_after: int | None = None,
                 if is_writer():
                     media.save_image(os.path.join(workdir, "images", f"heldout_turntable_{done:07d}.png"),
                                      media.image_grid([list(frames)]))
+        if periodic is not None and (done % every == 0 or done == total):
+            params = state.ema_params if state.ema_params is not None else state.params
+            scores = periodic(params)
+            writer.write(done, scores)
+            say(f"step {done}: held-out self-reenactment PSNR {scores['heldout/psnr']:.2f} dB"
+                + (f", identity gain {scores['heldout/identity_gain_psnr']:+.2f} dB"
+                   if "heldout/identity_gain_psnr" in scores else "") + f" ({scores['heldout/seconds']:.0f} s)")
+            t_log = time.time()  # evaluation time is not training time
         if done % config.train.checkpoint_every == 0 or done == end:
             checkpoints.save(done, state, loader, config.to_dict(), force=True)
     checkpoints.close()

@@ -138,10 +138,10 @@ def refine_workdir(config: Config | Any, workdir: str, out_dir: str | None = Non
     predict = host_predictor(system)
     refiner = Refiner(system, config, perceptual)
     rows = []
-    for ident_id in inputs.heldout(config)[: config.eval.num_identities]:
+    for ident_id in inputs.heldout_for_eval(config):
         row = eval_sets.build_eval_set(world, [int(ident_id)], num_views=num_views, num_targets=config.eval.num_targets,
-                                mode="self", seed=config.seed)
-        novel = novel_view_batch(world, row, config.seed)
+                                mode="self", seed=config.eval.seed)
+        novel = novel_view_batch(world, row, config.eval.seed)
         unseen = model_inputs(row) | {k: row[k] for k in ("target_images", "target_alphas")}
         before = dict(novel_views=_psnr(predict, params, novel), unseen_expressions=_psnr(predict, params, unseen))
         refined, steps_run, seconds = refiner(params, refinement_batch(row), config.refine.steps,

@@ -28,11 +28,17 @@ from flexavatar_jax.train.perceptual import perceptual_loss_fn
 Predictor = Callable[[Any, dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]
 
 
-def evaluate_params(predict: Predictor, params: Any, world, config: Config, perceptual=None) -> dict:
-    ids = inputs.heldout(config)[: config.eval.num_identities]
+def evaluate_params(predict: Predictor, params: Any, world, config: Config, perceptual=None, *,
+                    shuffle_control: bool | None = None) -> dict:
+    """`evaluate.run_evaluation` of `params` on the config's held-out identities (`eval` section;
+    the shuffle control as `eval.shuffle_control` unless given; eval sets kept in
+    `data.cache_dir` when set)."""
+    e = config.eval
+    ids = inputs.heldout_for_eval(config)
+    control = e.shuffle_control if shuffle_control is None else shuffle_control
     return ev.run_evaluation(lambda batch: predict(params, batch_lib.model_inputs(batch)), world, ids,
-                             views=tuple(config.eval.views), num_targets=config.eval.num_targets,
-                             perceptual=perceptual, seed=config.seed, batch_size=config.eval.batch_size)
+                             views=tuple(e.views), num_targets=e.num_targets, perceptual=perceptual, seed=e.seed,
+                             batch_size=e.batch_size, shuffle_control=control, cache_dir=config.data.cache_dir or None)
 
 
 def gain_summary(trained: dict, untrained: dict) -> dict:
@@ -59,12 +65,11 @@ def host_predictor(system: FlexAvatar) -> Predictor:
 
 def evaluate_workdir(config: Config | Any, workdir: str, out_dir: str | None = None, *,
                      predict: Predictor | None = None, params: Any = None, untrained: Any = None, world=None,
-                     perceptual=None) -> dict:
-    """Evaluate the newest checkpoint (or `params`) and the untrained model on held-out identities;
+                     perceptual=None, step: int | None = None) -> dict:
+    """Evaluate the newest checkpoint (or `params`, trained for `step` steps) and the untrained model on held-out identities;
     writes eval.json, eval.md, eval_untrained.json and a gain summary into `out_dir`. Without a
     `predict`, the parameters are loaded through `inference` (params only, one device)."""
     config = as_config(config)
-    step = None
     if predict is not None and (params is None or untrained is None or world is None):
         raise ValueError("evaluate_workdir: with a predict function, also give params, untrained and world "
                          "(or give none of them to load the checkpoint through inference)")
@@ -79,7 +84,7 @@ def evaluate_workdir(config: Config | Any, workdir: str, out_dir: str | None = N
             perceptual = perceptual_loss_fn(config.loss.perceptual_weights or None)
     out_dir = out_dir or workdir
     trained = evaluate_params(predict, params, world, config, perceptual)
-    baseline = evaluate_params(predict, untrained, world, config, perceptual)
+    baseline = evaluate_params(predict, untrained, world, config, perceptual, shuffle_control=False)
     gains = gain_summary(trained, baseline)
     if is_writer():
         ev.write_results(trained, out_dir)
@@ -105,7 +110,7 @@ def turntable(trainer: Trainer, params: Any, world, config: Config, path: str, n
     (at the expression and jaw/eye pose of one of its own frames) to a GIF."""
     system = trainer.system
     ident_id = int(inputs.heldout(config)[0])
-    es = eval_sets.build_eval_set(world, [ident_id], num_views=num_views, num_targets=1, mode="self", seed=config.seed)
+    es = eval_sets.build_eval_set(world, [ident_id], num_views=num_views, num_targets=1, mode="self", seed=config.eval.seed)
     n = int(es["num_inputs"][0])
     avatar = trainer.reconstruct(params, es["input_images"][0, :n])
     target = HeadParams(**{f: es[f"target_{f}"][0, 0] for f in PARAM_FIELDS})
@@ -130,7 +135,8 @@ def train_and_evaluate(config: Config | Any, workdir: str) -> dict:
         return run
     params = state.ema_params if state.ema_params is not None else state.params
     results = evaluate_workdir(config, workdir, predict=trainer.predict, params=params,
-                               untrained=trainer.init_state().params, world=world, perceptual=trainer.perceptual)
+                               untrained=trainer.init_state().params, world=world, perceptual=trainer.perceptual,
+                               step=run["end_step"])
     path = turntable(trainer, params, world, config, os.path.join(workdir, "turntable_heldout.gif"))
     say(f"wrote {path}, {workdir}/eval.md, {workdir}/images/")
     return dict(run, eval=results)

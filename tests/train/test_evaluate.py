@@ -61,7 +61,7 @@ def test_split_means_and_counts_match_the_flags_and_azimuths(self_set):
 
     no_marginal = dict(self_set, target_marginal=np.zeros_like(marginal))
     empty = ev.evaluate(oracle, no_marginal, batch_size=3)["marginal"]
-    assert empty == {"count": 0, "psnr": None, "ssim": None, "lpips": None, "iou": None}
+    assert empty == {"count": 0, "psnr": None, "psnr_head": None, "ssim": None, "lpips": None, "iou": None}
 
 
 def test_lpips_is_reported_with_a_perceptual_callable(self_set):
@@ -115,4 +115,4 @@ def test_split_masks_wrap_the_azimuth():
 def test_finite_or_none_makes_strict_json():
     tree = {"a": [1.0, math.nan, {"b": math.inf}], "c": (-math.inf, 2), "d": "x"}
     assert ev.finite_or_none(tree) == {"a": [1.0, None, {"b": None}], "c": [None, 2], "d": "x"}
-    assert ev.METRICS == ("psnr", "ssim", "lpips", "iou")
+    assert ev.METRICS == ("psnr", "psnr_head", "ssim", "lpips", "iou")

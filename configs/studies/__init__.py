@@ -1,0 +1,1 @@
+"""Study configs for `flexavatar-jax sweep plan|run|report --study configs/studies/NAME.py:VARIANT`."""

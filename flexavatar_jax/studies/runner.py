@@ -1,0 +1,108 @@
+"""`sweep plan` and `sweep run`: a study's points as commands, and run one after another here.
+
+`plan` writes, under ROOT, `commands.txt` (one exact `flexavatar-jax train ...` line per point) and
+`slurm_array.sh` (a SLURM job array, one task per point: a cluster user submits it as is or
+launches the lines any other way; a multi-host point is a config with `train.distributed=True`).
+`run` trains the points here, each as its own `train` process (the same command `plan` prints),
+skipping finished points and resuming an interrupted one from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+from flexavatar_jax.studies.spec import Point, Study, base_config, point_workdir, points, train_argv, train_command
+
+STATUSES = ("finished", "unfinished", "missing", "unreadable")
+
+
+def point_status(root: str, point: Point) -> tuple[str, str]:
+    """(status, reason) of a point's workdir: `finished` once its final evaluation is written for
+    its last step, `unfinished` when it has started, `missing` when it has not, `unreadable` when
+    its files cannot be parsed."""
+    workdir = point_workdir(root, point)
+    if not os.path.isdir(workdir):
+        return "missing", "no workdir"
+    gain_path = os.path.join(workdir, "eval_gain.json")
+    if not os.path.exists(gain_path):
+        return "unfinished", "no final evaluation yet"
+    try:
+        with open(gain_path) as f:
+            step = json.load(f).get("step")
+        with open(os.path.join(workdir, "eval.json")) as f:
+            json.load(f)
+    except (OSError, ValueError) as err:
+        return "unreadable", f"{type(err).__name__}: {err}"
+    if step != point.steps:
+        return "unfinished", f"evaluated at step {step}, the point trains {point.steps}"
+    return "finished", ""
+
+
+def plan(study: Study, root: str, program: str = "flexavatar-jax") -> list[str]:
+    """The point commands (also written to ROOT/commands.txt and ROOT/slurm_array.sh)."""
+    os.makedirs(root, exist_ok=True)
+    pts = points(study)
+    commands = [train_command(study, p, root, program) for p in pts]
+    with open(os.path.join(root, "commands.txt"), "w") as f:
+        f.write("\n".join(commands) + "\n")
+    lines = ["#!/bin/bash", f"# Study {study.name}: {len(pts)} points, one array task each.",
+             f"#SBATCH --job-name={shlex.quote(study.name.replace('/', '_').replace(':', '_'))}",
+             f"#SBATCH --array=0-{len(pts) - 1}", f"#SBATCH --time={study.slurm_time}",
+             f"#SBATCH --gpus-per-task={study.slurm_gpus_per_task}",
+             f"#SBATCH --output={os.path.join(root, 'slurm-%A_%a.out')}"]
+    lines += [f"#SBATCH {x}" for x in study.slurm_extra.split(";") if x.strip()]
+    lines += ["set -euo pipefail", "COMMANDS=("] + [f"  {shlex.quote(c)}" for c in commands] + [
+        ")", 'eval "${COMMANDS[$SLURM_ARRAY_TASK_ID]}"  # re-submitting a task resumes it from its checkpoint']
+    path = os.path.join(root, "slurm_array.sh")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.chmod(path, 0o755)
+    with open(os.path.join(root, "study.json"), "w") as f:
+        json.dump(study.to_dict(), f, indent=1)
+    return commands
+
+
+def run(study: Study, root: str, *, max_points: int | None = None, extra_args: tuple[str, ...] = ()) -> dict:
+    """Train every unfinished point here, one process after another (re-running resumes). Returns
+    `{point name: status}` after the run; `max_points` stops after that many trained points."""
+    plan(study, root)
+    base = base_config(study)
+    pts = points(study, base)
+    done_steps, done_seconds, trained = 0, 0.0, 0
+    remaining = sum(p.steps for p in pts if point_status(root, p)[0] != "finished")
+    t_start = time.time()
+    for k, point in enumerate(pts):
+        status, _ = point_status(root, point)
+        if status == "finished":
+            print(f"[{k + 1}/{len(pts)}] {point.name}: finished, skipped", flush=True)
+            continue
+        if max_points is not None and trained >= max_points:
+            break
+        workdir = point_workdir(root, point)
+        os.makedirs(workdir, exist_ok=True)
+        rate = done_steps / done_seconds if done_seconds else None
+        eta = f", study ETA {remaining / rate / 60:.0f} min" if rate else ""
+        verb = "resuming" if status == "unfinished" else "training"
+        print(f"[{k + 1}/{len(pts)}] {point.name}: {verb} {point.steps} steps "
+              f"({time.time() - t_start:.0f} s into this run{eta})", flush=True)
+        t0 = time.time()
+        argv = [sys.executable, "-m", "flexavatar_jax.cli", *train_argv(study, point, root), *extra_args]
+        with open(os.path.join(workdir, "train.log"), "a") as log:
+            proc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            raise RuntimeError(f"point {point.name} failed (exit {proc.returncode}); see {workdir}/train.log")
+        trained += 1
+        done_seconds += time.time() - t0
+        done_steps += point.steps
+        remaining -= point.steps
+        print(f"[{k + 1}/{len(pts)}] {point.name}: {point_status(root, point)[0]} in {time.time() - t0:.0f} s",
+              flush=True)
+    return {p.name: point_status(root, p)[0] for p in pts}
+
+
+__all__ = ["STATUSES", "plan", "point_status", "run"]
