@@ -121,7 +121,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
     # ---------------------------------------------------------------- evaluation / refinement
     c.eval = ml_collections.ConfigDict(dict(num_identities=4, clips=1, views=(1, 4), num_targets=8, batch_size=4,
-                                            seed=0, shuffle_control=False))
+                                            seed=0, shuffle_control=False, turntable_frames=36))
     c.refine = ml_collections.ConfigDict(dict(steps=20, lr=5e-5, time_budget_s=0.0))
 
     if arg == "tiny":

@@ -42,7 +42,8 @@ class UsageError(Exception):
 class Command:
     summary: str
     define: Callable[[flags.FlagValues, list[str]], None]  # (its FlagValues, argv) -> defines its flags
-    run: Callable[[flags.FlagValues], None]
+    run: Callable[..., None]  # run(flags) or, with `actions`, run(flags, action)
+    actions: tuple[str, ...] = ()  # a command with actions takes exactly one of them as its argument
 
 
 # ---------------------------------------------------------------------------------------------- flag groups
@@ -313,9 +314,6 @@ def run_export(fv: flags.FlagValues) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- studies
-SWEEP_ACTIONS = ("plan", "run", "report")
-
-
 def _sweep_flags(fv: flags.FlagValues, argv: list[str]) -> None:
     flags.DEFINE_string("study", None, "Study config FILE:VARIANT, e.g. configs/studies/identity_scaling.py:tiny.",
                         flag_values=fv)
@@ -369,7 +367,7 @@ COMMANDS: dict[str, Command] = {
     "export": Command("A 3DGS .ply of an avatar (neutral expression) for splat viewers.",
                       _flags(_RUN, _avatar_flag, _out(None, "The .ply to write.")), run_export),
     "sweep": Command("A study over configs: `sweep plan|run|report --study FILE:VARIANT --root DIR`.",
-                     _sweep_flags, None),
+                     _sweep_flags, run_sweep, actions=("plan", "run", "report")),
 }
 
 
@@ -409,7 +407,8 @@ def main(argv: list[str]) -> int:
     fv = flags.FlagValues()
     command.define(fv, [f"{PROG} {name}", *rest])
     if any(a in ("-h", "--help", "-help", "--helpfull") for a in rest):
-        print(f"usage: {PROG} {name} [flags]\n\n{command.summary}\n")
+        action = f" {'|'.join(command.actions)}" if command.actions else ""
+        print(f"usage: {PROG} {name}{action} [flags]\n\n{command.summary}\n")
         print(fv.get_help(include_special_flags=False))
         return 0
     try:
@@ -417,19 +416,16 @@ def main(argv: list[str]) -> int:
             positional = fv([f"{PROG} {name}", *rest])
         except (AttributeError, KeyError) as e:  # ml_collections: an override of a field the config lacks
             raise UsageError(f"bad config override: {e}") from None
-        if name == "sweep":
-            if len(positional) != 2 or positional[1] not in SWEEP_ACTIONS:
-                raise UsageError(f"sweep needs one action of {'|'.join(SWEEP_ACTIONS)}, got {positional[1:]}")
+        if command.actions:
+            if len(positional) != 2 or positional[1] not in command.actions:
+                raise UsageError(f"{name} needs one action of {'|'.join(command.actions)}, got {positional[1:]}")
         elif len(positional) > 1:
             raise UsageError(f"unexpected arguments {positional[1:]} (flags are --name=value)")
         # absl logging reads the global flags: parse them (empty) so library logging works.
         if not flags.FLAGS.is_parsed():
             flags.FLAGS([PROG])
         _persistent_compilation_cache()
-        if name == "sweep":
-            run_sweep(fv, positional[1])
-        else:
-            command.run(fv)
+        command.run(fv, *positional[1:])
     except (UsageError, flags.Error) as e:
         print(f"{PROG} {name}: error: {e}", file=sys.stderr)
         return 2

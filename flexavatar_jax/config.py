@@ -224,7 +224,8 @@ class EvalConfig:
     seed, so runs with different seeds are scored on the same targets); `shuffle_control` also
     predicts every target from another held-out identity's inputs (the *identity gain* = own −
     shuffled separates learning the person from learning an average head). `train.eval_every`
-    scores the self-reenactment set from `max(views)` inputs (with the control) during training."""
+    scores the self-reenactment set from `max(views)` inputs (with the control) during training;
+    `turntable_frames` of the held-out turntable GIF the main job writes (0 = none)."""
 
     num_identities: int = 4
     clips: int = 1
@@ -233,6 +234,7 @@ class EvalConfig:
     batch_size: int = 4
     seed: int = 0
     shuffle_control: bool = False
+    turntable_frames: int = 36
 
 
 @frozen

@@ -73,6 +73,7 @@ def test_every_command_help_lists_only_its_own_flags(capsys):
         "reconstruct": {"config", "workdir", "images", "identity", "out"},
         "animate": {"config", "workdir", "avatar", "motion", "driver_identity", "frames", "fps", "out"},
         "export": {"config", "workdir", "avatar", "out"},
+        "sweep": {"study", "root", "max_points", "bootstrap"},
     }
     assert set(expected) == set(cli.COMMANDS)
     for command, names in expected.items():

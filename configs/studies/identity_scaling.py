@@ -67,9 +67,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
             "model.lifter.width": 32, "model.lifter.num_heads": 2, "model.lifter.depth": 1, "model.uv_resolution": 32,
             "model.decoder.channels": 16, "model.decoder.id_channels": 8, "model.unet.channels": (8, 16),
             "data.synthetic.uv_resolution": 32, "data.synthetic.frames_per_clip": 6, "data.num_targets": 1,
-            "data.examples_per_identity": 4, "data.memoize_examples": 0, "data.num_heldout": 4,
-            "eval.num_identities": 4, "eval.num_targets": 2, "eval.batch_size": 2, "mesh.data": 1,
-            "train.batch_size": 4, "train.warmup_steps": 1, "train.log_every": 1, "train.image_every": 0,
-            "train.eval_every": 2, "train.checkpoint_every": 2,
+            "data.examples_per_identity": 8, "data.memoize_examples": 0, "data.num_heldout": 4,
+            "eval.num_identities": 4, "eval.num_targets": 2, "eval.batch_size": 2,
+            "train.batch_size": 8, "train.warmup_steps": 1, "train.log_every": 1, "train.image_every": 0,
+            "train.eval_every": 2, "train.checkpoint_every": 2, "eval.turntable_frames": 0,
         })
     return c

@@ -67,12 +67,12 @@ def example_cache_directory(config: Config, needs_cameras: bool) -> str:
 
 
 def train_source(config: Config, world: SyntheticWorld | None, needs_cameras: bool):
+    if config.data.cache_dir and config.data.source != "synthetic":
+        raise ValueError(f"data.cache_dir keeps rendered synthetic examples; data.source={config.data.source!r} "
+                         "is read from disk already (leave data.cache_dir empty)")
     source = pipeline.ExampleSource(frame_source(config, world), config.data.example_config(needs_cameras),
                                     seed=config.seed)
     if config.data.cache_dir:
-        if config.data.source != "synthetic":
-            raise ValueError(f"data.cache_dir keeps rendered synthetic examples; data.source={config.data.source!r} "
-                             "is read from disk already (leave data.cache_dir empty)")
         source = cache.DiskCachedSource(source, example_cache_directory(config, needs_cameras))
     if config.data.memoize_examples > 0:
         source = MemoizedSource(source, config.data.memoize_examples)

@@ -137,6 +137,9 @@ def train_and_evaluate(config: Config | Any, workdir: str) -> dict:
     results = evaluate_workdir(config, workdir, predict=trainer.predict, params=params,
                                untrained=trainer.init_state().params, world=world, perceptual=trainer.perceptual,
                                step=run["end_step"])
-    path = turntable(trainer, params, world, config, os.path.join(workdir, "turntable_heldout.gif"))
-    say(f"wrote {path}, {workdir}/eval.md, {workdir}/images/")
+    if config.eval.turntable_frames > 0:
+        path = turntable(trainer, params, world, config, os.path.join(workdir, "turntable_heldout.gif"),
+                         num_frames=config.eval.turntable_frames)
+        say(f"wrote {path}")
+    say(f"wrote {workdir}/eval.md, {workdir}/eval.json")
     return dict(run, eval=results)

@@ -152,3 +152,28 @@ def test_render_view_is_the_worlds_one_view_render(world, self_set):
     assert rgb.dtype == alpha.dtype == np.float32 and rgb.shape == (32, 32, 3) and alpha.shape == (32, 32, 1)
     np.testing.assert_allclose(rgb, self_set["target_images"][r, t], atol=1e-6)
     np.testing.assert_allclose(alpha, self_set["target_alphas"][r, t], atol=1e-6)
+
+
+def test_input_shuffle_control_moves_inputs_only(self_set):
+    shuffled = eval_sets.with_inputs_of_next(self_set)
+    n = len(self_set["identity"])
+    for key, value in self_set.items():
+        if key.startswith("input_") or key == "num_inputs":
+            for k in range(n):
+                np.testing.assert_array_equal(shuffled[key][k], value[(k + 1) % n], err_msg=key)
+        else:
+            np.testing.assert_array_equal(shuffled[key], value, err_msg=key)
+    with pytest.raises(ValueError, match="at least two identities"):
+        eval_sets.with_inputs_of_next({k: v[:1] for k, v in self_set.items()})
+
+
+def test_cached_eval_set_equals_a_fresh_one_and_is_keyed_by_the_draw(world, ids, self_set, tmp_path):
+    first = eval_sets.cached_eval_set(world, ids, 4, NUM_TARGETS, "self", 0, str(tmp_path))
+    again = eval_sets.cached_eval_set(world, ids, 4, NUM_TARGETS, "self", 0, str(tmp_path))  # read from disk
+    assert len(list((tmp_path / "eval_sets").iterdir())) == 1
+    for key, value in self_set.items():
+        np.testing.assert_array_equal(first[key], value, err_msg=key)
+        np.testing.assert_array_equal(again[key], value, err_msg=key)
+    other = eval_sets.cached_eval_set(world, ids, 4, NUM_TARGETS, "self", 1, str(tmp_path))
+    assert len(list((tmp_path / "eval_sets").iterdir())) == 2
+    assert not np.array_equal(other["target_images"], self_set["target_images"])

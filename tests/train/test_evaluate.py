@@ -116,3 +116,51 @@ def test_finite_or_none_makes_strict_json():
     tree = {"a": [1.0, math.nan, {"b": math.inf}], "c": (-math.inf, 2), "d": "x"}
     assert ev.finite_or_none(tree) == {"a": [1.0, None, {"b": None}], "c": [None, 2], "d": "x"}
     assert ev.METRICS == ("psnr", "psnr_head", "ssim", "lpips", "iou")
+
+
+def _mean_input_colour(batch):
+    """A predictor that paints every target with the mean colour of its first input image: it uses
+    the inputs, so the shuffle control changes its score."""
+    colour = batch["input_images"][:, 0].mean(axis=(1, 2))  # [B,3]
+    rgb = np.broadcast_to(colour[:, None, None, None, :], batch["target_images"].shape)
+    return rgb, batch["target_alphas"]
+
+
+def test_identity_gain_is_own_minus_shuffled_in_closed_form(self_set):
+    result = ev.evaluate_with_control(_mean_input_colour, self_set, shuffle_control=True, batch_size=2)
+    n = len(self_set["identity"])
+    targets = self_set["target_images"].astype(np.float64)
+    colours = self_set["input_images"][:, 0].astype(np.float64).mean(axis=(1, 2))
+
+    def psnr(rows):  # per-target PSNR of painting row k's targets with colours[rows[k]]
+        err = (targets - colours[rows][:, None, None, None, :]) ** 2
+        return -10 * np.log10(err.mean(axis=(2, 3, 4)))
+
+    own, other = psnr(np.arange(n)), psnr((np.arange(n) + 1) % n)
+    np.testing.assert_allclose(result["per_target"]["psnr_shuffled"], other, atol=1e-3)
+    assert result["identity_gain"]["all"]["psnr"] == pytest.approx((own - other).mean(), abs=1e-3)
+    assert result["shuffled"]["all"]["psnr"] == pytest.approx(other.mean(), abs=1e-3)
+    flat = ev.flat_summary(result)
+    assert flat["heldout/identity_gain_psnr"] == pytest.approx((own - other).mean(), abs=1e-3)
+
+
+def test_a_predictor_that_ignores_its_inputs_has_no_identity_gain(self_set):
+    grey = lambda b: (np.full_like(b["target_images"], 0.5), b["target_alphas"])  # noqa: E731
+    result = ev.evaluate_with_control(grey, self_set, shuffle_control=True, batch_size=3)
+    for split in ev.SPLITS:
+        for name in ("psnr", "psnr_head", "ssim", "iou"):
+            value = result["identity_gain"][split][name]
+            assert value is None or value == 0.0, (split, name)
+    assert "shuffled" not in ev.evaluate_with_control(grey, self_set, shuffle_control=False)
+
+
+def test_head_psnr_ignores_background_errors(self_set):
+    def background_error(batch):
+        off_head = batch["target_alphas"] <= 0.5
+        return batch["target_images"] + 0.1 * off_head, batch["target_alphas"]
+
+    result = ev.evaluate(background_error, self_set, batch_size=2)
+    off = (self_set["target_alphas"] <= 0.5).astype(np.float64)
+    expected = -10 * np.log10((0.01 * off).mean(axis=(2, 3, 4)))  # the error is the same on all 3 channels
+    np.testing.assert_allclose(result["per_target"]["psnr"], expected, atol=1e-3)
+    np.testing.assert_allclose(result["per_target"]["psnr_head"], ev.PSNR_CAP_DB)

@@ -55,7 +55,7 @@ def first_examples(config: Config, trainer: loop.Trainer, n: int) -> dict[str, n
 
 def _losses(workdir) -> list[float]:
     rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
-    return [r["loss/total"] for r in rows]
+    return [r["loss/total"] for r in rows if "loss/total" in r]
 
 
 def test_sharded_run_matches_single_device(tmp_path):
@@ -91,13 +91,26 @@ def test_resume_replays_an_uninterrupted_run(tmp_path):
     as_dict.mesh.update(data=1, fsdp=1, model=1)
     full = loop.train(as_dict, str(tmp_path / "full"), devices=devices)
     assert full["trainer"].config == cfg
-    first = loop.train(cfg, str(tmp_path / "resumed"), stop_after=2, devices=devices)
+    # The interrupted run also scores held-out identities every 2 steps: that must not change it.
+    with_eval = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, eval_every=2),
+                                    data=dataclasses.replace(cfg.data, num_heldout=2),
+                                    eval=dataclasses.replace(cfg.eval, num_identities=2, num_targets=1,
+                                                             shuffle_control=True))
+    first = loop.train(with_eval, str(tmp_path / "resumed"), stop_after=2, devices=devices)
     assert first["end_step"] == 2
-    second = loop.train(cfg, str(tmp_path / "resumed"), devices=devices)
+    second = loop.train(with_eval, str(tmp_path / "resumed"), devices=devices)
     assert second["start_step"] == 2 and second["end_step"] == 4
     for x, y in zip(jax.tree.leaves(full["state"].params), jax.tree.leaves(second["state"].params)):
         np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-6, atol=1e-7)
     assert _losses(tmp_path / "resumed") == pytest.approx(_losses(tmp_path / "full"), rel=1e-6)
+    rows = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    scored = [r for r in rows if "heldout/psnr" in r]
+    assert [r["step"] for r in scored] == [2, 4]
+    for r in scored:
+        assert r["heldout/identity_gain_psnr"] == pytest.approx(r["heldout/psnr"] - r["heldout/psnr_shuffled"],
+                                                                abs=1e-4)
+    logged = [r for r in rows if "data_share" in r]
+    assert logged and all(0.0 <= r["data_share"] <= 1.0 and r["data_s"] <= r["wall_s"] for r in logged)
 
 
 def test_nonfinite_batch_skips_the_update(tmp_path):
