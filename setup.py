@@ -89,8 +89,9 @@ setup(
     python_requires=">=3.12",
     # configs/ stays at the top of the checkout (`--config configs/flexavatar.py:tiny`) and is also
     # importable as `flexavatar_jax.configs` (`from flexavatar_jax.configs import flexavatar`).
-    packages=find_packages(include=["flexavatar_jax", "flexavatar_jax.*"]) + ["flexavatar_jax.configs"],
-    package_dir={"flexavatar_jax.configs": "configs"},
+    packages=find_packages(include=["flexavatar_jax", "flexavatar_jax.*"])
+    + ["flexavatar_jax.configs", "flexavatar_jax.configs.studies"],
+    package_dir={"flexavatar_jax.configs": "configs", "flexavatar_jax.configs.studies": "configs/studies"},
     package_data={"flexavatar_jax": ["head/README.md"]},
     install_requires=[
         "jax>=0.11,<0.13",
@@ -104,9 +105,11 @@ setup(
         "ml_collections>=1.0,<2",
         "pillow>=10,<13",
         "imageio>=2.34,<3",
+        "scipy>=1.13,<2",  # study fits
+        "matplotlib>=3.8,<4",  # study plots
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "beartype>=0.19,<0.24", "scipy>=1.13,<2"],
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "beartype>=0.19,<0.24"],
     },
     entry_points={"console_scripts": ["flexavatar-jax=flexavatar_jax.cli:run"]},
     ext_modules=[_SplatLibrary()],

@@ -324,7 +324,7 @@ def _sweep_flags(fv: flags.FlagValues, argv: list[str]) -> None:
 
 
 def run_sweep(fv: flags.FlagValues, action: str) -> None:
-    from flexavatar_jax.studies import load_study, report, runner
+    from flexavatar_jax.studies import ablation, load_study, report, runner
 
     study, root = load_study(_required(fv, "study")), _required(fv, "root")
     if action == "plan":
@@ -336,7 +336,8 @@ def run_sweep(fv: flags.FlagValues, action: str) -> None:
         counts = {s: sum(v == s for v in statuses.values()) for s in runner.STATUSES}
         print("points: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
     else:
-        out = report.write_report(study, root, bootstrap=fv.bootstrap)
+        write = ablation.write_ablation_report if study.kind == "ablation" else report.write_report
+        out = write(study, root, bootstrap=fv.bootstrap)
         print(f"wrote {out}")
 
 

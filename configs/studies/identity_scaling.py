@@ -17,12 +17,23 @@ import ml_collections
 VARIANTS = ("tiny", "base", "smoke")
 
 # Held-out evaluation made for studies (shared by every variant).
-_EVAL = {"eval.shuffle_control": True, "eval.seed": 0, "eval.views": (1, 4)}
+EVAL = {"eval.shuffle_control": True, "eval.seed": 0, "eval.views": (1, 4)}
+# The tiny config shrunk to a micro model (32² inputs, K=32) whose points run in seconds: smoke tests.
+MICRO = {
+    "model.image_size": 32, "model.encoder.width": 32, "model.encoder.depth": 1, "model.encoder.num_heads": 2,
+    "model.lifter.width": 32, "model.lifter.num_heads": 2, "model.lifter.depth": 1, "model.uv_resolution": 32,
+    "model.decoder.channels": 16, "model.decoder.id_channels": 8, "model.unet.channels": (8, 16),
+    "data.synthetic.uv_resolution": 32, "data.synthetic.frames_per_clip": 6, "data.num_targets": 1,
+    "data.examples_per_identity": 8, "data.memoize_examples": 0, "data.num_heldout": 4,
+    "eval.num_identities": 4, "eval.num_targets": 2, "eval.batch_size": 2,
+    "train.batch_size": 8, "train.warmup_steps": 1, "train.log_every": 1, "train.image_every": 0,
+    "train.eval_every": 2, "train.checkpoint_every": 2, "eval.turntable_frames": 0,
+}
 
 
-def _overrides(fields: dict) -> tuple:
-    # (dotted field, value) pairs: a ConfigDict takes no dots in its keys.
-    return tuple({**_EVAL, **fields}.items())
+def overrides(fields: dict) -> tuple:
+    """(dotted field, value) pairs with the study evaluation (a ConfigDict takes no dots in keys)."""
+    return tuple({**EVAL, **fields}.items())
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
@@ -38,7 +49,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.multi_seed_max_identities = 32
         c.steps = 300
         c.convergence_psnr = 17.0
-        c.overrides = _overrides({
+        c.overrides = overrides({
             "data.num_heldout": 32, "eval.num_identities": 32, "eval.num_targets": 4, "eval.batch_size": 4,
             "data.memoize_examples": 0,  # the study's disk cache holds every example instead
             "train.eval_every": 100, "train.checkpoint_every": 100, "train.image_every": 0,
@@ -52,7 +63,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.convergence_psnr = 22.0
         c.slurm_time = "48:00:00"
         c.cache = False  # 512² examples of 100K identities do not belong on disk
-        c.overrides = _overrides({
+        c.overrides = overrides({
             "data.num_heldout": 64, "eval.num_identities": 64, "eval.num_targets": 8,
             "data.worker_count": 8, "train.eval_every": 5_000, "train.checkpoint_every": 2_000,
         })
@@ -62,14 +73,5 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.seeds = (0,)
         c.steps = 4
         c.convergence_psnr = 10.0
-        c.overrides = _overrides({
-            "model.image_size": 32, "model.encoder.width": 32, "model.encoder.depth": 1, "model.encoder.num_heads": 2,
-            "model.lifter.width": 32, "model.lifter.num_heads": 2, "model.lifter.depth": 1, "model.uv_resolution": 32,
-            "model.decoder.channels": 16, "model.decoder.id_channels": 8, "model.unet.channels": (8, 16),
-            "data.synthetic.uv_resolution": 32, "data.synthetic.frames_per_clip": 6, "data.num_targets": 1,
-            "data.examples_per_identity": 8, "data.memoize_examples": 0, "data.num_heldout": 4,
-            "eval.num_identities": 4, "eval.num_targets": 2, "eval.batch_size": 2,
-            "train.batch_size": 8, "train.warmup_steps": 1, "train.log_every": 1, "train.image_every": 0,
-            "train.eval_every": 2, "train.checkpoint_every": 2, "eval.turntable_frames": 0,
-        })
+        c.overrides = overrides(MICRO)
     return c

@@ -212,11 +212,12 @@ def _plots(study: Study, table: dict, fitted: dict, point_results: list[dict], o
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
     for ax, metric in zip(axes.flat, panels):
-        for (mode, views, split), label, color, style in lines:
+        for k, ((mode, views, split), label, color, style) in enumerate(lines):
             series = table.get((mode, views, split, metric))
             if not series:
                 continue
-            ns = np.array(sorted(series), np.float64)
+            # Dodged a little along N so the intervals of the lines do not hide each other.
+            ns = np.array(sorted(series), np.float64) * 1.05 ** (k - (len(lines) - 1) / 2)
             means = np.array([series[n]["mean"] for n in sorted(series)])
             lo = means - np.array([series[n]["ci"][0] for n in sorted(series)])
             hi = np.array([series[n]["ci"][1] for n in sorted(series)]) - means

@@ -1,11 +1,18 @@
-"""What a study is: a base run config, one knob swept over a grid, seeds, and a compute policy.
+"""What a study is: a base run config, the points it trains (a grid of identity counts, or named
+variants), seeds, and a compute policy.
 
 A study file is a Python config file like a run config (`configs/studies/identity_scaling.py`):
 `get_config(variant)` returns an `ml_collections.ConfigDict` with the fields of `Study`. Each
 *point* of the study is an ordinary training run, `flexavatar-jax train` with the base config, the
-study's `overrides` and the point's own `data.num_identities`, `seed` and `train.steps`, in the
-workdir `ROOT/ids{N}_seed{S}`; with `cache` every point shares `data.cache_dir = ROOT/cache`, so
-rendered examples and held-out eval sets are made once for the whole study.
+study's `overrides`, the point's own overrides and its `seed` and `train.steps`; with `cache` every
+point shares `data.cache_dir = ROOT/cache`, so rendered examples and held-out eval sets are made
+once for the whole study. Two kinds:
+
+* **scaling** (no `variants`): the points sweep `data.num_identities` over `identities`, workdirs
+  `ROOT/ids{N}_seed{S}`;
+* **ablation** (`variants` given): the points are named variants (config overrides of the base;
+  the first is the baseline the others are compared with), workdirs `ROOT/{variant}_seed{S}`;
+  `claims` name the differences the papers predict (see `ablation.py`).
 
 Compute policies (`compute`):
 
@@ -36,7 +43,10 @@ class Study:
     every point as (dotted field, value) pairs; `identities` the grid of training-identity counts;
     `seeds`; points with more than `multi_seed_max_identities` identities run the first seed only
     (-1: every seed at every N); `compute` policy with `steps` | `epochs` | `coefficient`,
-    `exponent`; `cache` shares `ROOT/cache` as every point's `data.cache_dir` (rendered examples
+    `exponent`; `variants` ((name, ((field, value), ...)), ...) makes it an ablation study (the
+    first variant is the baseline) and `claims` ((claim, "variant:mode/views/split/metric" a,
+    "variant:mode/views/split/metric" b, "+" | "-" the expected sign of a − b, source), ...) the
+    comparisons its report tests; `cache` shares `ROOT/cache` as every point's `data.cache_dir` (rendered examples
     and eval sets made once per study: right for small images on CPUs, off where the examples of a
     large run would not fit on disk); `convergence_psnr` the held-out PSNR (dB) whose first crossing is the
     convergence-speed measure; `slurm_*` the job-array script `plan` writes."""
@@ -52,6 +62,8 @@ class Study:
     epochs: float = 1.0
     coefficient: float = 100.0
     exponent: float = 0.5
+    variants: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    claims: tuple[tuple[str, str, str, str, str], ...] = ()
     cache: bool = True
     convergence_psnr: float = 18.0
     slurm_time: str = "24:00:00"
@@ -67,38 +79,64 @@ class Study:
             raise ValueError(f"study seeds must be distinct and non-empty, got {self.seeds}")
         if self.compute not in COMPUTE_POLICIES:
             raise ValueError(f"study compute must be one of {COMPUTE_POLICIES}, got {self.compute!r}")
-        reserved = {"data.num_identities", "seed", "train.steps", "data.cache_dir"}
-        clash = sorted(reserved & {k for k, _ in self.overrides})
-        if clash:
-            raise ValueError(f"study overrides may not set {clash}: the study sets them per point")
+        reserved = {"seed", "train.steps", "data.cache_dir"} | (set() if self.variants else {"data.num_identities"})
+        names = [name for name, _ in self.variants]
+        if len(set(names)) != len(names) or any(not n or "/" in n or ":" in n for n in names):
+            raise ValueError(f"study variant names must be distinct, non-empty, without '/' or ':', got {names}")
+        for where, pairs in [("overrides", self.overrides)] + [(f"variant {n}", o) for n, o in self.variants]:
+            clash = sorted(reserved & {k for k, _ in pairs})
+            if clash:
+                raise ValueError(f"study {where} may not set {clash}: the study sets them per point")
+        for claim in self.claims:
+            if len(claim) != 5 or claim[3] not in ("+", "-"):
+                raise ValueError(f"a claim is (name, 'variant:cell', 'variant:cell', '+'|'-', source), got {claim}")
+            for side in claim[1:3]:
+                if side.partition(":")[0] not in names:
+                    raise ValueError(f"claim {claim[0]!r} names {side!r}, whose variant is not in {names}")
+
+    @property
+    def kind(self) -> str:
+        return "ablation" if self.variants else "scaling"
 
     @classmethod
     def from_dict(cls, mapping: Mapping) -> "Study":
         mapping = dict(mapping.to_dict() if hasattr(mapping, "to_dict") else mapping)
-        overrides = mapping.pop("overrides", ())
-        pairs = overrides.items() if isinstance(overrides, Mapping) else overrides
-        study = from_dict(cls, mapping)
-        return dataclasses.replace(study, overrides=tuple(sorted((str(k), _plain(v)) for k, v in pairs)))
+        mapping["overrides"] = _pairs(mapping.get("overrides", ()))
+        mapping["variants"] = tuple((str(name), _pairs(o)) for name, o in mapping.get("variants", ()))
+        return from_dict(cls, mapping)
 
     def to_dict(self) -> dict:
         out = to_dict(self)
         out["overrides"] = {k: v for k, v in self.overrides}
+        out["variants"] = {name: {k: v for k, v in o} for name, o in self.variants}
         return out
 
 
 @dataclasses.dataclass(frozen=True)
 class Point:
+    """One training run of a study: `identities` training identities, `seed`, `steps`; in an
+    ablation study also its `variant` name."""
+
     identities: int
     seed: int
     steps: int
+    variant: str = ""
 
     @property
     def name(self) -> str:
-        return f"ids{self.identities}_seed{self.seed}"
+        return f"{self.variant}_seed{self.seed}" if self.variant else f"ids{self.identities}_seed{self.seed}"
 
 
 def _plain(v: Any) -> Any:
     return tuple(_plain(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
+def _pairs(overrides) -> tuple[tuple[str, Any], ...]:
+    """(dotted field, value) pairs, sorted, from a mapping or a sequence of pairs."""
+    if hasattr(overrides, "to_dict"):
+        overrides = overrides.to_dict()
+    items = overrides.items() if isinstance(overrides, Mapping) else overrides
+    return tuple(sorted((str(k), _plain(v)) for k, v in items))
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -157,9 +195,15 @@ def point_steps(study: Study, identities: int, base: Config) -> int:
 
 def points(study: Study, base: Config | None = None) -> list[Point]:
     """Every point, in the order `run` trains them: the first seed over the whole grid (ascending
-    N) first, then the other seeds, so a study cut short still spans the grid."""
+    N) or every variant first, then the other seeds, so a study cut short still spans the grid."""
     base = base if base is not None else base_config(study)
     out = []
+    if study.variants:
+        for seed in study.seeds:
+            for name, overrides in study.variants:
+                n = int(dict(overrides).get("data.num_identities", base.data.num_identities))
+                out.append(Point(n, int(seed), point_steps(study, n, base), variant=name))
+        return out
     for k, seed in enumerate(study.seeds):
         for n in sorted(int(i) for i in study.identities):
             if k > 0 and 0 <= study.multi_seed_max_identities < n:
@@ -181,8 +225,12 @@ def _set(tree, dotted: str, value) -> None:
 
 
 def point_overrides(study: Study, point: Point, root: str) -> list[tuple[str, Any]]:
-    """The study's overrides, then the point's own fields and the shared cache."""
-    own = [("data.num_identities", point.identities), ("seed", point.seed), ("train.steps", point.steps)]
+    """The study's overrides, then the point's own (its variant's overrides or its identity count;
+    seed; steps) and the shared cache."""
+    if point.variant:
+        own = [*dict(study.variants)[point.variant], ("seed", point.seed), ("train.steps", point.steps)]
+    else:
+        own = [("data.num_identities", point.identities), ("seed", point.seed), ("train.steps", point.steps)]
     cache = [("data.cache_dir", os.path.join(root, "cache"))] if study.cache else []
     return [*study.overrides, *own, *cache]
 

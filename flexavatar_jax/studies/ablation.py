@@ -1,0 +1,166 @@
+"""`sweep report` of an ablation study: held-out metrics per variant and the papers' claims tested.
+
+Per variant (seeds pooled): the metrics of `report.SHOWN` in the main cells, mean [95% bootstrap
+interval over held-out identities and seeds]. Per claim (`Study.claims`): the difference a − b of
+two cells (of one variant or two), its 95% interval from a *paired* bootstrap (the same resampled
+held-out identities and seeds on both sides: every variant is scored on the same targets), and
+whether it has the sign the paper reports: `yes` (interval on the expected side of 0), `no`
+(interval on the other side), `not resolved` (interval contains 0).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from flexavatar_jax.studies.report import SHOWN, _ci, _quiet, read_point
+from flexavatar_jax.studies.spec import Study, points
+
+MAIN_CELLS = (("self", "4_views", "all"), ("self", "1_views", "all"), ("self", "4_views", "side_back"),
+              ("self", "1_views", "side_back"), ("self", "4_views", "frontal"), ("self", "4_views", "marginal"),
+              ("cross", "4_views", "all"))
+MAIN_METRICS = ("psnr", "identity_gain_psnr", "psnr_head", "ssim", "iou")
+
+
+def parse_cell(text: str) -> tuple[str, tuple[str, str, str, str]]:
+    """'variant:mode/views/split/metric' -> (variant, (mode, views, split, metric))."""
+    variant, _, cell = text.partition(":")
+    parts = tuple(cell.split("/"))
+    if len(parts) != 4 or parts[3] not in SHOWN:
+        raise ValueError(f"a claim cell is 'variant:mode/views/split/metric' with a metric of {SHOWN}, got {text!r}")
+    return variant, parts
+
+
+def variant_samples(point_results: list[dict]) -> dict[str, dict[int, dict]]:
+    """`{variant: {seed: cells}}` of the finished points."""
+    out: dict[str, dict[int, dict]] = {}
+    for p in point_results:
+        if p["status"] == "finished":
+            out.setdefault(p["name"].rsplit("_seed", 1)[0], {})[p["seed"]] = p["cells"]
+    return out
+
+
+def _stack(by_seed: dict[int, dict], seeds: list[int], cell) -> np.ndarray | None:
+    if not seeds or any(cell not in by_seed[s] for s in seeds):
+        return None
+    return np.stack([by_seed[s][cell] for s in seeds])
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, resamples: int, seed: int = 0) -> dict:
+    """Mean of a − b ([seeds, identities] each, paired) with a paired 95% bootstrap interval."""
+    rng = np.random.default_rng(seed)
+    s, i = a.shape
+    with _quiet():
+        mean = float(np.nanmean(a) - np.nanmean(b))
+        boots = []
+        for _ in range(resamples):
+            si, ii = rng.integers(0, s, s), rng.integers(0, i, i)
+            boots.append(np.nanmean(a[si][:, ii]) - np.nanmean(b[si][:, ii]))
+        return {"mean": mean, "ci": [float(np.nanpercentile(boots, 2.5)), float(np.nanpercentile(boots, 97.5))]}
+
+
+def verdict(diff: dict, sign: str) -> str:
+    lo, hi = diff["ci"]
+    if lo > 0 or hi < 0:
+        return "yes" if (lo > 0) == (sign == "+") else "no"
+    return "not resolved"
+
+
+def build_ablation(study: Study, root: str, bootstrap: int = 1000) -> dict:
+    point_results = [read_point(root, p) for p in points(study)]
+    samples = variant_samples(point_results)
+    rng = np.random.default_rng(0)
+    table: dict[str, dict[str, dict]] = {}
+    for name, _ in study.variants:
+        by_seed = samples.get(name, {})
+        seeds = sorted(by_seed)
+        for cell in MAIN_CELLS:
+            for metric in MAIN_METRICS:
+                values = _stack(by_seed, seeds, (*cell, metric))
+                if values is None:
+                    continue
+                with _quiet():
+                    s, i = values.shape
+                    boots = [np.nanmean(values[rng.integers(0, s, s)][:, rng.integers(0, i, i)])
+                             for _ in range(bootstrap)]
+                    entry = {"mean": float(np.nanmean(values)),
+                             "ci": [float(np.nanpercentile(boots, 2.5)), float(np.nanpercentile(boots, 97.5))],
+                             "seeds": s}
+                table.setdefault(name, {})["/".join((*cell, metric))] = entry
+    claims = []
+    for claim, a_text, b_text, sign, source in study.claims:
+        (va, ca), (vb, cb) = parse_cell(a_text), parse_cell(b_text)
+        seeds = sorted(set(samples.get(va, {})) & set(samples.get(vb, {})))
+        a, b = _stack(samples.get(va, {}), seeds, ca), _stack(samples.get(vb, {}), seeds, cb)
+        row = {"claim": claim, "a": a_text, "b": b_text, "expected": sign, "source": source, "seeds": seeds}
+        if a is None or b is None:
+            row.update(difference=None, matches="no data (variant unfinished or cell missing)")
+        else:
+            row["difference"] = paired_difference(a, b, bootstrap)
+            row["matches"] = verdict(row["difference"], sign)
+        claims.append(row)
+    return {"points": point_results, "table": table, "claims": claims}
+
+
+def _forest_plot(claims: list[dict], path: str) -> str | None:
+    rows = [c for c in claims if c["difference"] is not None]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.2))
+    for k, c in enumerate(rows):
+        d = c["difference"]
+        color = {"yes": "C2", "no": "C3"}.get(c["matches"], "C7")
+        ax.errorbar(d["mean"], k, xerr=[[d["mean"] - d["ci"][0]], [d["ci"][1] - d["mean"]]], fmt="o", color=color,
+                    capsize=3)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(rows)), [f"{c['claim']} (expect {c['expected']})" for c in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("a − b with 95% paired bootstrap interval (green: paper's sign, red: opposite, grey: unresolved)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_ablation_report(study: Study, root: str, bootstrap: int = 1000, out_dir: str | None = None) -> str:
+    out_dir = out_dir or os.path.join(root, "report")
+    os.makedirs(out_dir, exist_ok=True)
+    rep = build_ablation(study, root, bootstrap)
+    plot = _forest_plot(rep["claims"], os.path.join(out_dir, "claims.png"))
+    results = {"study": study.to_dict(), "points": [{k: v for k, v in p.items() if k != "cells"} for p in rep["points"]],
+               "variants": rep["table"], "claims": rep["claims"]}
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1, allow_nan=False, default=lambda x: None)
+    md = [f"# Ablation study {study.name}", "", f"Base `{study.base_config}`, seeds {list(study.seeds)}, "
+          f"baseline variant `{study.variants[0][0]}`. Mean [95% bootstrap interval over held-out identities and "
+          "seeds].", "", "## Points", "", "| point | status | steps |", "|---|---|---|"]
+    md += [f"| {p['name']} | {p['status']}{' (' + p['reason'] + ')' if p['reason'] else ''} | {p['last_step']}/{p['steps']} |"
+           for p in rep["points"]]
+    md += ["", "## Claims", "", "| claim | a | b | a − b [95%] | expected | matches paper? | source |",
+           "|---|---|---|---|---|---|---|"]
+    for c in rep["claims"]:
+        diff = "–" if c["difference"] is None else _ci(c["difference"], 3)
+        md.append(f"| {c['claim']} | `{c['a']}` | `{c['b']}` | {diff} | {c['expected']} | {c['matches']} | {c['source']} |")
+    for cell in MAIN_CELLS:
+        md += ["", f"## {cell[0]}-reenactment, {cell[1].replace('_', ' ')}, split `{cell[2]}`", "",
+               "| variant | " + " | ".join(MAIN_METRICS) + " |", "|---|" + "---|" * len(MAIN_METRICS)]
+        for name, _ in study.variants:
+            entries = [rep["table"].get(name, {}).get("/".join((*cell, m))) for m in MAIN_METRICS]
+            md.append(f"| {name} | " + " | ".join("–" if e is None else _ci(e, 4 if m in ('ssim', 'iou') else 2)
+                                                  for e, m in zip(entries, MAIN_METRICS)) + " |")
+    if plot:
+        md += ["", f"![claims]({os.path.basename(plot)})"]
+    path = os.path.join(out_dir, "report.md")
+    with open(path, "w") as f:
+        f.write("\n".join(md) + "\n")
+    return path
+
+
+__all__ = ["MAIN_CELLS", "build_ablation", "paired_difference", "parse_cell", "verdict", "write_ablation_report"]
