@@ -79,7 +79,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.seeds = (0,)
         c.steps = 4
         c.variants = ALL_VARIANTS[:1] + (("no_unet", (("model.unet.enabled", False),)),)
-        c.claims = (CLAIMS[0], CLAIMS[-1], ("UNet helps marginal expressions, all targets",
+        c.claims = (CLAIMS[0], CLAIMS[-1], ("UNet on vs off, all targets",
                                             "baseline:self/4_views/all/psnr", "no_unet:self/4_views/all/psnr", "+",
                                             "FlexAvatar"))
         c.overrides = overrides({**MICRO, **views, "data.num_identities": 2})

@@ -17,6 +17,7 @@ import numpy as np
 
 from flexavatar_jax.studies.report import SHOWN, _ci, _quiet, read_point
 from flexavatar_jax.studies.spec import Study, points
+from flexavatar_jax.train.evaluate import finite_or_none
 
 MAIN_CELLS = (("self", "4_views", "all"), ("self", "1_views", "all"), ("self", "4_views", "side_back"),
               ("self", "1_views", "side_back"), ("self", "4_views", "frontal"), ("self", "4_views", "marginal"),
@@ -43,9 +44,12 @@ def variant_samples(point_results: list[dict]) -> dict[str, dict[int, dict]]:
 
 
 def _stack(by_seed: dict[int, dict], seeds: list[int], cell) -> np.ndarray | None:
+    """[seeds, identities] values of a cell; None when a seed lacks it or it has no targets (an
+    empty split)."""
     if not seeds or any(cell not in by_seed[s] for s in seeds):
         return None
-    return np.stack([by_seed[s][cell] for s in seeds])
+    values = np.stack([by_seed[s][cell] for s in seeds])
+    return None if np.all(np.isnan(values)) else values
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, resamples: int, seed: int = 0) -> dict:
@@ -96,7 +100,7 @@ def build_ablation(study: Study, root: str, bootstrap: int = 1000) -> dict:
         a, b = _stack(samples.get(va, {}), seeds, ca), _stack(samples.get(vb, {}), seeds, cb)
         row = {"claim": claim, "a": a_text, "b": b_text, "expected": sign, "source": source, "seeds": seeds}
         if a is None or b is None:
-            row.update(difference=None, matches="no data (variant unfinished or cell missing)")
+            row.update(difference=None, matches="no data (variant unfinished, or the cell has no targets)")
         else:
             row["difference"] = paired_difference(a, b, bootstrap)
             row["matches"] = verdict(row["difference"], sign)
@@ -134,8 +138,8 @@ def write_ablation_report(study: Study, root: str, bootstrap: int = 1000, out_di
     os.makedirs(out_dir, exist_ok=True)
     rep = build_ablation(study, root, bootstrap)
     plot = _forest_plot(rep["claims"], os.path.join(out_dir, "claims.png"))
-    results = {"study": study.to_dict(), "points": [{k: v for k, v in p.items() if k != "cells"} for p in rep["points"]],
-               "variants": rep["table"], "claims": rep["claims"]}
+    results = finite_or_none({"study": study.to_dict(), "variants": rep["table"], "claims": rep["claims"],
+                              "points": [{k: v for k, v in p.items() if k != "cells"} for p in rep["points"]]})
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1, allow_nan=False, default=lambda x: None)
     md = [f"# Ablation study {study.name}", "", f"Base `{study.base_config}`, seeds {list(study.seeds)}, "

@@ -23,6 +23,7 @@ from flexavatar_jax.data.eval_sets import FRONTAL_MAX_AZIMUTH_DEG, wrap_deg
 from flexavatar_jax.studies import fits
 from flexavatar_jax.studies.runner import point_status
 from flexavatar_jax.studies.spec import Point, Study, point_workdir, points
+from flexavatar_jax.train.evaluate import finite_or_none
 
 SPLITS = ("all", "ordinary", "marginal", "frontal", "side_back")
 # Per-target quantities read from eval.json (`<name>` and `<name>_shuffled`).
@@ -320,14 +321,14 @@ def write_report(study: Study, root: str, bootstrap: int = 1000, out_dir: str | 
     # results.json: small, no per-identity arrays.
     cells = {"/".join(k): {str(n): {"mean": v["mean"], "ci": v["ci"], "seeds": v["seeds"]} for n, v in series.items()}
              for k, series in sorted(table.items())}
-    results = {
+    results = finite_or_none({
         "study": study.to_dict(),
         "points": [{k: v for k, v in p.items() if k not in ("cells",)} for p in point_results],
         "metrics": cells,
         "fits": {k: (None if v is None else {kk: vv for kk, vv in v.items() if kk != "band"}) for k, v in fitted.items()},
         "fit_cell": "/".join(PRIMARY_CELL),
         "convergence": rep["convergence"],
-    }
+    })
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1, allow_nan=False, default=lambda x: None)
 

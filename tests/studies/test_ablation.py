@@ -47,6 +47,7 @@ def test_tiny_ablation_plan_has_every_variant_and_seed():
     assert config.model.unet.enabled is False and tuple(config.eval.views) == (1, 2, 4)
 
 
+@pytest.mark.slow  # the runner itself is covered end to end by tests/studies/test_sweep.py
 def test_smoke_ablation_study_end_to_end(tmp_path, capsys):
     root = tmp_path / "ablation"
     argv = lambda action, *extra: ["flexavatar-jax", "sweep", action, f"--study={SMOKE}", f"--root={root}", *extra]  # noqa: E731
