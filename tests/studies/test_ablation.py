@@ -61,3 +61,39 @@ def test_smoke_ablation_study_end_to_end(tmp_path, capsys):
         assert claim["difference"] is not None and claim["matches"] in ("yes", "no", "not resolved")
     md = (root / "report" / "report.md").read_text()
     assert "matches paper?" in md and (root / "report" / "claims.png").stat().st_size > 0
+
+
+def _fake_point(workdir, steps, psnr, psnr_shuffled, marginal, azimuth):
+    """The files a finished point leaves (what `report.read_point` reads), with given per-target scores."""
+    workdir.mkdir(parents=True)
+    per_target = {"psnr": psnr.tolist(), "psnr_shuffled": psnr_shuffled.tolist(), "marginal": marginal.tolist(),
+                  "azimuth_deg": azimuth.tolist()}
+    result = {"per_target": per_target}
+    (workdir / "eval.json").write_text(json.dumps({"self": {"1_views": result, "4_views": result}}))
+    (workdir / "eval_gain.json").write_text(json.dumps({"step": steps}))
+    (workdir / "metrics.jsonl").write_text(json.dumps({"step": steps, "wall_s": 10.0, "data_s": 1.0}) + "\n")
+
+
+def test_ablation_report_from_finished_points(tmp_path):
+    """Two variants whose per-target PSNRs differ by a known 0.5 dB: the claim's paired difference
+    is 0.5 with a tight interval, the verdicts follow the expected signs, JSON is strict."""
+    study = spec.Study(name="fake", variants=(("a", ()), ("b", (("model.unet.enabled", False),))), seeds=(0, 1),
+                       steps=7, claims=(("a beats b", "a:self/4_views/all/psnr", "b:self/4_views/all/psnr", "+", "x"),
+                                        ("b beats a", "b:self/4_views/all/psnr", "a:self/4_views/all/psnr", "+", "y"),
+                                        ("marginal", "a:self/4_views/marginal/psnr", "b:self/4_views/marginal/psnr", "+",
+                                         "z")))
+    rng = np.random.default_rng(0)
+    marginal, azimuth = np.zeros((16, 4), bool), rng.uniform(-180, 180, (16, 4))  # no marginal targets at all
+    for seed in (0, 1):
+        base = rng.normal(18.0, 2.0, (16, 4))
+        _fake_point(tmp_path / f"a_seed{seed}", 7, base + 0.5, base - 1.0, marginal, azimuth)
+        _fake_point(tmp_path / f"b_seed{seed}", 7, base, base - 1.0, marginal, azimuth)
+    ablation.write_ablation_report(study, str(tmp_path), bootstrap=200)
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    first, second, empty = results["claims"]
+    assert first["difference"]["mean"] == pytest.approx(0.5) and first["matches"] == "yes"
+    assert first["difference"]["ci"] == pytest.approx([0.5, 0.5], abs=1e-9)
+    assert second["matches"] == "no"
+    assert empty["difference"] is None and empty["matches"].startswith("no data")
+    assert results["variants"]["a"]["self/4_views/all/identity_gain_psnr"]["mean"] == pytest.approx(1.5)
+    assert "| a beats b |" in (tmp_path / "report" / "report.md").read_text()
