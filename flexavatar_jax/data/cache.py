@@ -16,6 +16,7 @@ costs tens of milliseconds here); on an accelerator the data can instead be made
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import threading
@@ -57,14 +58,9 @@ def write_atomic(path: str, data: bytes) -> None:
 
 def save_arrays(path: str, arrays: dict[str, np.ndarray]) -> None:
     """`arrays` as an uncompressed `.npz` at `path`, atomically."""
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_atomic(path, buffer.getvalue())
 
 
 def load_arrays(path: str) -> dict[str, np.ndarray] | None:

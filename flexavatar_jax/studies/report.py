@@ -12,9 +12,11 @@ convergence (held-out PSNR and identity gain against step; steps to reach `conve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -72,16 +74,12 @@ def _per_identity(per_target: dict[str, list], name: str, select: np.ndarray) ->
     return None
 
 
-class _quiet:
-    def __enter__(self):
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
+@contextlib.contextmanager
+def _quiet():
+    """No RuntimeWarnings (means of all-NaN slices: empty splits are expected)."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        self._w.__exit__(*exc)
+        yield
 
 
 def _split_masks(per_target: dict[str, list]) -> dict[str, np.ndarray]:

@@ -235,20 +235,21 @@ def point_overrides(study: Study, point: Point, root: str) -> list[tuple[str, An
     return [*study.overrides, *own, *cache]
 
 
-def base_config(study: Study) -> Config:
-    """The base config with the study's overrides (what every point shares)."""
+def _resolved(study: Study, pairs) -> Config:
     tree = load_config_file(study.base_config).to_dict()
-    for k, v in study.overrides:
+    for k, v in pairs:
         _set(tree, k, v)
     return Config.from_dict(tree)
+
+
+def base_config(study: Study) -> Config:
+    """The base config with the study's overrides (what every point shares)."""
+    return _resolved(study, study.overrides)
 
 
 def point_config(study: Study, point: Point, root: str) -> Config:
     """The resolved run config of one point (what its `train` command builds)."""
-    tree = load_config_file(study.base_config).to_dict()
-    for k, v in point_overrides(study, point, root):
-        _set(tree, k, v)
-    return Config.from_dict(tree)
+    return _resolved(study, point_overrides(study, point, root))
 
 
 def _flag_value(v: Any) -> str:
