@@ -155,7 +155,7 @@ def aggregate(point_results: list[dict], resamples: int) -> dict:
     table: dict[tuple, dict[int, dict]] = {}
     for n, pts in sorted(by_n.items()):
         keys = set.intersection(*(set(p["cells"]) for p in pts))
-        for key in keys:
+        for key in sorted(keys):  # a fixed order: the bootstrap draws are reproducible
             samples = np.stack([p["cells"][key] for p in pts])
             if np.all(np.isnan(samples)):
                 continue
