@@ -6,7 +6,8 @@ paired differences with 95% intervals (`flexavatar_jax/studies/ablation.py`). Th
 the baseline (the default config). Input-view counts are an evaluation condition, not a variant:
 every variant is scored from 1, 2 and 4 views.
 
-* tiny  — this repository's CPU study (tiny model, 24 identities, 600 steps, 32 held-out identities).
+* tiny  — this repository's CPU study (tiny model, 24 identities, 300 steps, 32 held-out identities;
+          16 points of ~6–8 minutes on 2 cores: about two hours).
 * base  — a GPU cluster (base model, 1,000 identities).
 * smoke — the test: a micro model, two variants, a few steps.
 """
@@ -63,9 +64,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     if arg == "tiny":
         c.base_config = "configs/flexavatar.py:tiny"
         c.seeds = (0, 1)
-        c.steps = 600
+        c.steps = 300
         c.overrides = overrides({**views, "data.num_heldout": 32, "eval.num_identities": 32, "eval.num_targets": 4,
-                                 "data.memoize_examples": 0, "train.eval_every": 200, "train.image_every": 0})
+                                 "data.memoize_examples": 0, "train.eval_every": 0, "train.image_every": 0})
     elif arg == "base":
         c.base_config = "configs/flexavatar.py:base"
         c.seeds = (0, 1, 2)
