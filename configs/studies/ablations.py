@@ -4,7 +4,8 @@ Every paper component behind its config switch, trained with the same steps and 
 on the same held-out identities (with the input-shuffle control), and the papers' claims tested as
 paired differences with 95% intervals (`flexavatar_jax/studies/ablation.py`). The first variant is
 the baseline (the default config). Input-view counts are an evaluation condition, not a variant:
-every variant is scored from 1, 2 and 4 views.
+every variant is scored from 1, 2 and 4 views. The baseline's points are also refined per held-out
+identity (FlexAvatar's refinement: PSNR before/after).
 
 * tiny  — this repository's CPU study (tiny model, 24 identities, 300 steps, 32 held-out identities;
           16 points of ~6–8 minutes on 2 cores: about two hours).
@@ -30,23 +31,40 @@ ALL_VARIANTS = (
 )
 
 # (claim, a, b, expected sign of a − b, source)
+def _views(a: int, b: int, split: str, mode: str = "self") -> tuple:
+    return (f"{a} views beat {b}, {mode}, {split.replace('_', '/')}", f"baseline:{mode}/{a}_views/{split}/psnr",
+            f"baseline:{mode}/{b}_views/{split}/psnr", "+", "FlexAvatar (multi-view input)")
+
+
 CLAIMS = (
-    ("4 views beat 1, side/back", "baseline:self/4_views/side_back/psnr", "baseline:self/1_views/side_back/psnr", "+",
-     "FlexAvatar (multi-view input)"),
-    ("4 views beat 1, all views", "baseline:self/4_views/all/psnr", "baseline:self/1_views/all/psnr", "+",
-     "FlexAvatar"),
-    ("4 views beat 2, all views", "baseline:self/4_views/all/psnr", "baseline:self/2_views/all/psnr", "+",
-     "FlexAvatar"),
-    ("queries beat Dual-UV projection, side/back", "baseline:self/1_views/side_back/psnr",
-     "dual_uv:self/1_views/side_back/psnr", "+", "FlexAvatar (completeness)"),
-    ("symmetric fusion beats Dual-UV projection, side/back", "symmetric:self/1_views/side_back/psnr",
+    _views(4, 1, "side_back"), _views(4, 1, "frontal"), _views(4, 1, "all"), _views(4, 1, "marginal"),
+    _views(2, 1, "all"), _views(4, 2, "all"), _views(4, 1, "all", "cross"),
+    ("queries beat Dual-UV projection, side/back PSNR", "baseline:self/1_views/side_back/psnr",
+     "dual_uv:self/1_views/side_back/psnr", "+", "FlexAvatar, Dual-UV (completeness)"),
+    ("queries beat Dual-UV projection, side/back SSIM", "baseline:self/1_views/side_back/ssim",
+     "dual_uv:self/1_views/side_back/ssim", "+", "FlexAvatar, Dual-UV (completeness)"),
+    ("queries beat Dual-UV projection, frontal PSNR", "baseline:self/1_views/frontal/psnr",
+     "dual_uv:self/1_views/frontal/psnr", "+", "FlexAvatar"),
+    ("symmetric fusion beats Dual-UV projection, side/back PSNR", "symmetric:self/1_views/side_back/psnr",
      "dual_uv:self/1_views/side_back/psnr", "+", "FHAvatar (symmetric UV fusion)"),
+    ("symmetric fusion beats Dual-UV projection, side/back SSIM", "symmetric:self/1_views/side_back/ssim",
+     "dual_uv:self/1_views/side_back/ssim", "+", "FHAvatar (symmetric UV fusion)"),
     ("position-map driving beats expression code, cross-reenactment", "baseline:cross/4_views/all/psnr",
      "expression_code:cross/4_views/all/psnr", "+", "FlexAvatar"),
+    ("position-map driving beats expression code, marginal expressions", "baseline:self/4_views/marginal/psnr",
+     "expression_code:self/4_views/marginal/psnr", "+", "FlexAvatar"),
     ("UNet helps marginal expressions", "baseline:self/4_views/marginal/psnr", "no_unet:self/4_views/marginal/psnr",
+     "+", "FlexAvatar"),
+    ("UNet helps cross-reenactment", "baseline:cross/4_views/all/psnr", "no_unet:cross/4_views/all/psnr",
      "+", "FlexAvatar"),
     ("expression balancing helps marginal expressions", "baseline:self/4_views/marginal/psnr",
      "no_balance:self/4_views/marginal/psnr", "+", "FlexAvatar (data distribution adjustment)"),
+    ("mouth loss helps inside the mouth box (frontal)", "baseline:self/4_views/frontal/psnr_mouth",
+     "no_mouth_loss:self/4_views/frontal/psnr_mouth", "+", "FlexAvatar (mouth loss)"),
+    ("3D TV lowers the rendered depth error", "baseline:self/4_views/all/depth_err_mm",
+     "no_tv3d:self/4_views/all/depth_err_mm", "-", "FHAvatar (3D TV loss)"),
+    ("3D TV keeps Gaussians near the surface (offset spread)", "baseline:self/4_views/all/offset_mm",
+     "no_tv3d:self/4_views/all/offset_mm", "-", "FHAvatar (3D TV loss)"),
     ("the model uses its inputs (identity gain > 0)", "baseline:self/4_views/all/psnr",
      "baseline:self/4_views/all/psnr_shuffled", "+", "premise"),
 )
@@ -65,6 +83,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.base_config = "configs/flexavatar.py:tiny"
         c.seeds = (0, 1)
         c.steps = 300
+        c.refine_variants = ("baseline",)
+        c.refine_identities = 16
         c.overrides = overrides({**views, "data.num_heldout": 32, "eval.num_identities": 32, "eval.num_targets": 4,
                                  "data.memoize_examples": 0, "train.eval_every": 0, "train.image_every": 0})
     elif arg == "base":
@@ -73,6 +93,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.steps = 100_000
         c.cache = False
         c.slurm_time = "48:00:00"
+        c.refine_variants = ("baseline",)
         c.overrides = overrides({**views, "data.num_identities": 1_000, "data.num_heldout": 64,
                                  "eval.num_identities": 64, "data.worker_count": 8, "train.eval_every": 5_000})
     else:  # smoke
@@ -80,6 +101,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.seeds = (0,)
         c.steps = 4
         c.variants = ALL_VARIANTS[:1] + (("no_unet", (("model.unet.enabled", False),)),)
+        c.refine_variants = ("baseline",)
         c.claims = (CLAIMS[0], CLAIMS[-1], ("UNet on vs off, all targets",
                                             "baseline:self/4_views/all/psnr", "no_unet:self/4_views/all/psnr", "+",
                                             "FlexAvatar"))

@@ -6,12 +6,15 @@ training examples (`data/pipeline.py`), so a trainer's `batch -> model` path run
 
     input_images [N,4,H,W,3]   input_mask [N,4]   input_alphas [N,4,H,W,1]
     input_viewmats [N,4,4,4]   input_Ks [N,4,3,3] input_<param> [N,4,...]     (padding: 0 / eye)
-    target_images [N,T,H,W,3]  target_alphas [N,T,H,W,1]  target_viewmats [N,T,4,4]  target_Ks [N,T,3,3]
+    target_images [N,T,H,W,3]  target_alphas [N,T,H,W,1]  target_depths [N,T,H,W,1]
+    target_viewmats [N,T,4,4]  target_Ks [N,T,3,3]
     target_<param> [N,T,...]   target_marginal [N,T]  target_azimuth_deg [N,T]  target_backgrounds [N,T,3]
 
 plus bookkeeping: `identity [N]`, `driver_identity [N]`, `num_inputs [N]`, `input_frame [N,4]` (-1 =
 padding), `target_frame [N,T]` (flat frame index into the *driver's* frames), `input_azimuth_deg`.
-`<param>` runs over `pipeline.PARAM_FIELDS`. The input annotations (cameras, tracked params) are
+`<param>` runs over `pipeline.PARAM_FIELDS`; `target_depths` is the expected camera-space depth
+Σ zᵢαᵢTᵢ / alpha of the ground-truth Gaussians (metres, 0 where nothing is hit), for geometry
+metrics. The input annotations (cameras, tracked params) are
 only read by the projection lifters; the default lifter sees images and mask.
 
 Modes:
@@ -103,10 +106,12 @@ def _params_numpy(p) -> dict[str, np.ndarray]:
     return {f: np.asarray(getattr(p, f), np.float32) for f in PARAM_FIELDS}
 
 
-def render_view(world: SyntheticWorld, ident, params, viewmat, K, background):
-    """Ground truth of one view: (rgb [H,W,3], alpha [H,W,1]) as float32 host arrays."""
-    rgb, alpha, _ = world.render(ident, params, viewmat[None], K[None], background[None])
-    return np.asarray(rgb[0], np.float32), np.asarray(alpha[0], np.float32)
+def render_view(world: SyntheticWorld, ident, params, viewmat, K, background, with_depth: bool = False):
+    """Ground truth of one view: (rgb [H,W,3], alpha [H,W,1]) as float32 host arrays, and with
+    `with_depth` the expected depth [H,W,1] (metres, 0 off the head)."""
+    rgb, alpha, depth = world.render(ident, params, viewmat[None], K[None], background[None])
+    out = (np.asarray(rgb[0], np.float32), np.asarray(alpha[0], np.float32))
+    return (*out, np.asarray(depth[0], np.float32)) if with_depth else out
 
 
 def _example(world: SyntheticWorld, identity_id: int, driver_id: int, num_views: int, num_targets: int,
@@ -181,17 +186,20 @@ def _example(world: SyntheticWorld, identity_id: int, driver_id: int, num_views:
         for f, value in _params_numpy(p).items():
             input_params[f][k] = value
 
-    images, alphas, target_params = [], [], []
+    images, alphas, depths, target_params = [], [], [], []
     for t, frame in enumerate(tgt_frames):
         # Cross mode: the driver's whole frame (expression, jaw, eyes, poses, translation) on
         # identity i's shape and appearance.
         p = driver.frame_params(*driver.frame_index(int(frame))).replace(shape=jnp.asarray(ident.shape))
-        rgb, alpha = render_view(world, ident, p, tgt_viewmats[t], cams.Ks[t], tgt_backgrounds[t])
+        rgb, alpha, depth = render_view(world, ident, p, tgt_viewmats[t], cams.Ks[t], tgt_backgrounds[t],
+                                        with_depth=True)
         images.append(rgb)
         alphas.append(alpha)
+        depths.append(depth)
         target_params.append(_params_numpy(p))
     ex["target_images"] = np.stack(images)
     ex["target_alphas"] = np.stack(alphas)
+    ex["target_depths"] = np.stack(depths)
     for f in PARAM_FIELDS:
         ex[f"input_{f}"] = input_params[f]
         ex[f"target_{f}"] = np.stack([p[f] for p in target_params])
@@ -264,8 +272,9 @@ def cached_eval_set(world: SyntheticWorld, identity_ids: Sequence[int], num_view
     build = lambda: build_eval_set(world, identity_ids, num_views, num_targets, mode, seed)  # noqa: E731
     if not cache_dir:
         return build()
+    # `format` names the eval-set layout: 2 added target_depths (an older entry is not reused).
     key = {"world": dataclasses.asdict(world.config), "ids": [int(i) for i in identity_ids], "views": num_views,
-           "targets": num_targets, "mode": mode, "seed": seed}
+           "targets": num_targets, "mode": mode, "seed": seed, "format": 2}
     return cache.cached_arrays(cache.keyed_directory(cache_dir, "eval_sets", key), "eval_set", build)
 
 

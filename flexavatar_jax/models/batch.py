@@ -17,6 +17,7 @@ from jaxtyping import Array
 
 from flexavatar_jax.data.pipeline import PARAM_FIELDS
 from flexavatar_jax.head import HeadParams
+from flexavatar_jax.models import gaussians as gauss
 from flexavatar_jax.models.avatar import Avatar, FlexAvatar
 from flexavatar_jax.models.views import InputViews
 
@@ -45,37 +46,60 @@ def reconstruct_batch(system: FlexAvatar, params, batch: Batch, train: bool = Fa
 
 
 def render_target(system: FlexAvatar, raw_maps: Array, driving: HeadParams, viewmat: Array, K: Array, size: int,
-                  with_positions: bool):
-    """One target -> (rgb [H,W,3], alpha [H,W,1], positions [H,W,3] or None). The background is
-    white (1) for colour, and 1 for the position channels as FHAvatar's 3D TV normalisation assumes."""
+                  with_positions: bool, with_depth: bool = False):
+    """One target -> (rgb [H,W,3], alpha [H,W,1], positions [H,W,3] or None, depth [H,W,1] or None).
+    The background is white (1) for colour, and 1 for the position channels as FHAvatar's 3D TV
+    normalisation assumes. `depth` is the expected camera-space depth Σ zᵢαᵢTᵢ / alpha (metres, 0
+    where nothing is hit: the renderer's "D"), as the synthetic world renders its ground truth."""
     g = system.gaussians_from_maps(raw_maps, driving)
     if with_positions:
         g = dict(g, colors=jnp.concatenate([g["colors"], g["means"]], -1))
     channels = g["colors"].shape[-1]
     out, alpha = system.render(g, viewmat[None], K[None], width=size, height=size,
-                               backgrounds=jnp.ones((1, channels), g["colors"].dtype))
-    positions = out[0, ..., 3:] if with_positions else None
-    return out[0, ..., :3], alpha[0], positions
+                               backgrounds=jnp.ones((1, channels), g["colors"].dtype),
+                               render_mode="RGB+D" if with_depth else "RGB")
+    positions = out[0, ..., 3:channels] if with_positions else None
+    depth = out[0, ..., channels:] if with_depth else None
+    return out[0, ..., :3], alpha[0], positions, depth
 
 
 def forward(system: FlexAvatar, params, batch: Batch, *, train: bool, with_positions: bool = False,
-            image_size: int | None = None, scale_K: float = 1.0) -> dict:
+            with_depth: bool = False, image_size: int | None = None, scale_K: float = 1.0) -> dict:
     """Reconstruct each row and render its targets -> dict(rgb [B,T,H,W,3], alpha [B,T,H,W,1],
-    positions [B,T,H,W,3] or None, maps [B,T,K,K,14], avatar, predicted_shape)."""
+    positions [B,T,H,W,3] or None, depth [B,T,H,W,1] or None, maps [B,T,K,K,14], avatar,
+    predicted_shape)."""
     avatar, predicted = reconstruct_batch(system, params, batch, train)
     driving = target_params(batch)
     maps = system.animated_maps(params, avatar, driving)
     size = image_size or system.image_size
     Ks = batch["target_Ks"] * jnp.array([scale_K, scale_K, 1.0])[:, None]
-    one = functools.partial(render_target, system, size=size, with_positions=with_positions)
-    rgb, alpha, positions = jax.vmap(jax.vmap(one))(maps, driving, batch["target_viewmats"], Ks)
-    return dict(rgb=rgb, alpha=alpha, positions=positions, maps=maps, avatar=avatar, predicted_shape=predicted)
+    one = functools.partial(render_target, system, size=size, with_positions=with_positions, with_depth=with_depth)
+    rgb, alpha, positions, depth = jax.vmap(jax.vmap(one))(maps, driving, batch["target_viewmats"], Ks)
+    return dict(rgb=rgb, alpha=alpha, positions=positions, depth=depth, maps=maps, avatar=avatar,
+                predicted_shape=predicted)
 
 
-def predict(system: FlexAvatar, params, batch: Batch) -> tuple[Array, Array]:
-    """Rendered targets of a batch (evaluation): (rgb [B,T,H,W,3], alpha [B,T,H,W,1])."""
-    out = forward(system, params, batch, train=False)
-    return out["rgb"], out["alpha"]
+def offset_spread(system: FlexAvatar, maps: Array) -> Array:
+    """Mean distance (metres) of the Gaussians from their anchor on the head-model surface, per
+    map: `maps [..., K,K,14]` -> `[...]` (what FHAvatar's 3D TV and the offset regulariser keep small)."""
+    lead = maps.shape[:-3]
+    flat = maps.reshape(-1, *maps.shape[-3:])
+
+    def one(m):
+        offsets = system.activation(gauss.gather_texels(system.layout, m))["offsets"]
+        return jnp.mean(jnp.linalg.norm(offsets.astype(jnp.float32), axis=-1))
+
+    return jax.vmap(one)(flat).reshape(lead)
+
+
+def predict(system: FlexAvatar, params, batch: Batch, geometry: bool = False):
+    """Rendered targets of a batch (evaluation): (rgb [B,T,H,W,3], alpha [B,T,H,W,1]); with
+    `geometry` also a dict of `depth [B,T,H,W,1]` (expected depth, see `render_target`) and
+    `offset_m [B,T]` (`offset_spread`)."""
+    out = forward(system, params, batch, train=False, with_depth=geometry)
+    if not geometry:
+        return out["rgb"], out["alpha"]
+    return out["rgb"], out["alpha"], dict(depth=out["depth"], offset_m=offset_spread(system, out["maps"]))
 
 
 # The keys `forward` reads (an eval set also carries bookkeeping, e.g. NaN azimuths).

@@ -5,7 +5,11 @@ interval over held-out identities and seeds]. Per claim (`Study.claims`): the di
 two cells (of one variant or two), its 95% interval from a *paired* bootstrap (the same resampled
 held-out identities and seeds on both sides: every variant is scored on the same targets), and
 whether it has the sign the paper reports: `yes` (interval on the expected side of 0), `no`
-(interval on the other side), `not resolved` (interval contains 0).
+(interval on the other side), `not resolved` (interval contains 0). The input-view counts of the
+baseline get a table of their own (every split), and the points of `Study.refine_variants` a
+refinement table (PSNR before/after on novel views and unseen expressions, paired the same way).
+A `findings.md` in the study root (what the person who ran it found, e.g. why a claim fails) is
+appended to the report.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from flexavatar_jax.studies.spec import Study, points
 from flexavatar_jax.train.evaluate import finite_or_none
 
 MAIN_CELLS = (("self", "4_views", "all"), ("self", "1_views", "all"), ("self", "4_views", "side_back"),
-              ("self", "1_views", "side_back"), ("self", "4_views", "frontal"), ("self", "4_views", "marginal"),
-              ("cross", "4_views", "all"))
-MAIN_METRICS = ("psnr", "identity_gain_psnr", "psnr_head", "ssim", "iou")
+              ("self", "1_views", "side_back"), ("self", "4_views", "frontal"), ("self", "1_views", "frontal"),
+              ("self", "4_views", "marginal"), ("cross", "4_views", "all"))
+MAIN_METRICS = ("psnr", "identity_gain_psnr", "psnr_head", "psnr_mouth", "ssim", "iou", "depth_err_mm", "offset_mm")
+VIEW_SPLITS = ("all", "frontal", "side_back", "ordinary", "marginal")
+REFINE_SETS = ("novel_views", "unseen_expressions")
 
 
 def parse_cell(text: str) -> tuple[str, tuple[str, str, str, str]]:
@@ -72,27 +78,70 @@ def verdict(diff: dict, sign: str) -> str:
     return "not resolved"
 
 
+def _mean_entry(values: np.ndarray, rng: np.random.Generator, bootstrap: int) -> dict:
+    """Mean of [seeds, identities] values with a 95% bootstrap interval over both."""
+    with _quiet():
+        s, i = values.shape
+        boots = [np.nanmean(values[rng.integers(0, s, s)][:, rng.integers(0, i, i)]) for _ in range(bootstrap)]
+        return {"mean": float(np.nanmean(values)),
+                "ci": [float(np.nanpercentile(boots, 2.5)), float(np.nanpercentile(boots, 97.5))], "seeds": s}
+
+
+def read_refinement(root: str, study: Study) -> dict[str, dict[int, dict[str, np.ndarray]]]:
+    """`{variant: {seed: {"before/<set>": [I], "after/<set>": [I]}}}` from the refine.json of the
+    finished points of `refine_variants` (identities in the order refine wrote them)."""
+    out: dict[str, dict[int, dict[str, np.ndarray]]] = {}
+    for p in points(study):
+        if p.variant not in study.refine_variants:
+            continue
+        path = os.path.join(root, p.name, "refine.json")
+        try:
+            with open(path) as f:
+                rows = json.load(f)["identities"]
+            values = {f"{when}/{s}": np.array([r[f"psnr_{when}"][s] for r in rows], np.float64)
+                      for when in ("before", "after") for s in REFINE_SETS}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        out.setdefault(p.variant, {})[p.seed] = values
+    return out
+
+
+def _refinement_rows(refined: dict, bootstrap: int, rng: np.random.Generator) -> list[dict]:
+    rows = []
+    for variant, by_seed in refined.items():
+        seeds = sorted(by_seed)
+        sizes = {len(by_seed[s]["before/novel_views"]) for s in seeds}
+        if len(sizes) != 1:
+            continue  # seeds refined on different identity counts cannot be paired
+        for s_name in REFINE_SETS:
+            before = np.stack([by_seed[s][f"before/{s_name}"] for s in seeds])
+            after = np.stack([by_seed[s][f"after/{s_name}"] for s in seeds])
+            diff = paired_difference(after, before, bootstrap)
+            rows.append({"variant": variant, "set": s_name, "seeds": seeds, "identities": int(before.shape[1]),
+                         "before": _mean_entry(before, rng, bootstrap), "after": _mean_entry(after, rng, bootstrap),
+                         "difference": diff, "matches": verdict(diff, "+")})
+    return rows
+
+
 def build_ablation(study: Study, root: str, bootstrap: int = 1000) -> dict:
     point_results = [read_point(root, p) for p in points(study)]
     samples = variant_samples(point_results)
     rng = np.random.default_rng(0)
     table: dict[str, dict[str, dict]] = {}
+    baseline = study.variants[0][0]
+    cells = list(MAIN_CELLS)
+    for mode in ("self", "cross"):
+        for views in ("1_views", "2_views", "4_views"):
+            cells += [(mode, views, split) for split in VIEW_SPLITS if (mode, views, split) not in cells]
     for name, _ in study.variants:
         by_seed = samples.get(name, {})
         seeds = sorted(by_seed)
-        for cell in MAIN_CELLS:
+        for cell in (cells if name == baseline else MAIN_CELLS):
             for metric in MAIN_METRICS:
                 values = _stack(by_seed, seeds, (*cell, metric))
                 if values is None:
                     continue
-                with _quiet():
-                    s, i = values.shape
-                    boots = [np.nanmean(values[rng.integers(0, s, s)][:, rng.integers(0, i, i)])
-                             for _ in range(bootstrap)]
-                    entry = {"mean": float(np.nanmean(values)),
-                             "ci": [float(np.nanpercentile(boots, 2.5)), float(np.nanpercentile(boots, 97.5))],
-                             "seeds": s}
-                table.setdefault(name, {})["/".join((*cell, metric))] = entry
+                table.setdefault(name, {})["/".join((*cell, metric))] = _mean_entry(values, rng, bootstrap)
     claims = []
     for claim, a_text, b_text, sign, source in study.claims:
         (va, ca), (vb, cb) = parse_cell(a_text), parse_cell(b_text)
@@ -105,7 +154,12 @@ def build_ablation(study: Study, root: str, bootstrap: int = 1000) -> dict:
             row["difference"] = paired_difference(a, b, bootstrap)
             row["matches"] = verdict(row["difference"], sign)
         claims.append(row)
-    return {"points": point_results, "table": table, "claims": claims}
+    refinement = _refinement_rows(read_refinement(root, study), bootstrap, rng)
+    for r in refinement:
+        claims.append({"claim": f"refinement improves {r['set'].replace('_', ' ')}", "a": f"{r['variant']}:after",
+                       "b": f"{r['variant']}:before", "expected": "+", "source": "FlexAvatar (refinement)",
+                       "seeds": r["seeds"], "difference": r["difference"], "matches": r["matches"]})
+    return {"points": point_results, "table": table, "claims": claims, "refinement": refinement}
 
 
 def _forest_plot(claims: list[dict], path: str) -> str | None:
@@ -121,8 +175,9 @@ def _forest_plot(claims: list[dict], path: str) -> str | None:
     for k, c in enumerate(rows):
         d = c["difference"]
         color = {"yes": "C2", "no": "C3"}.get(c["matches"], "C7")
-        ax.errorbar(d["mean"], k, xerr=[[d["mean"] - d["ci"][0]], [d["ci"][1] - d["mean"]]], fmt="o", color=color,
-                    capsize=3)
+        # max(·, 0): a degenerate interval equals the mean up to rounding.
+        ax.errorbar(d["mean"], k, xerr=[[max(d["mean"] - d["ci"][0], 0.0)], [max(d["ci"][1] - d["mean"], 0.0)]], fmt="o",
+                    color=color, capsize=3)
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks(range(len(rows)), [f"{c['claim']} (expect {c['expected']})" for c in rows], fontsize=8)
     ax.invert_yaxis()
@@ -139,6 +194,7 @@ def write_ablation_report(study: Study, root: str, bootstrap: int = 1000, out_di
     rep = build_ablation(study, root, bootstrap)
     plot = _forest_plot(rep["claims"], os.path.join(out_dir, "claims.png"))
     results = finite_or_none({"study": study.to_dict(), "variants": rep["table"], "claims": rep["claims"],
+                              "refinement": rep["refinement"],
                               "points": [{k: v for k, v in p.items() if k != "cells"} for p in rep["points"]]})
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1, allow_nan=False, default=lambda x: None)
@@ -157,14 +213,35 @@ def write_ablation_report(study: Study, root: str, bootstrap: int = 1000, out_di
                "| variant | " + " | ".join(MAIN_METRICS) + " |", "|---|" + "---|" * len(MAIN_METRICS)]
         for name, _ in study.variants:
             entries = [rep["table"].get(name, {}).get("/".join((*cell, m))) for m in MAIN_METRICS]
-            md.append(f"| {name} | " + " | ".join("–" if e is None else _ci(e, 4 if m in ('ssim', 'iou') else 2)
+            md.append(f"| {name} | " + " | ".join("–" if e is None else _ci(e, 4 if m in ("ssim", "iou") else 2)
                                                   for e, m in zip(entries, MAIN_METRICS)) + " |")
+    baseline = study.variants[0][0]
+    md += ["", f"## Input views (`{baseline}`): PSNR by split", "",
+           "| mode | views | " + " | ".join(VIEW_SPLITS) + " |", "|---|---|" + "---|" * len(VIEW_SPLITS)]
+    for mode in ("self", "cross"):
+        for views in ("1_views", "2_views", "4_views"):
+            entries = [rep["table"].get(baseline, {}).get(f"{mode}/{views}/{split}/psnr") for split in VIEW_SPLITS]
+            if any(e is not None for e in entries):
+                md.append(f"| {mode} | {views.split('_')[0]} | " + " | ".join("–" if e is None else _ci(e, 2)
+                                                                          for e in entries) + " |")
+    if rep["refinement"]:
+        md += ["", "## Refinement (held-out identities, PSNR dB, 4 input views)", "",
+               "| variant | set | identities × seeds | before | after | after − before [95%] | improves? |",
+               "|---|---|---|---|---|---|---|"]
+        for r in rep["refinement"]:
+            md.append(f"| {r['variant']} | {r['set'].replace('_', ' ')} | {r['identities']} × {len(r['seeds'])} | "
+                      f"{_ci(r['before'], 2)} | {_ci(r['after'], 2)} | {_ci(r['difference'], 3)} | {r['matches']} |")
     if plot:
         md += ["", f"![claims]({os.path.basename(plot)})"]
+    findings = os.path.join(root, "findings.md")
+    if os.path.exists(findings):
+        with open(findings) as f:
+            md += ["", f.read().strip()]
     path = os.path.join(out_dir, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(md) + "\n")
     return path
 
 
-__all__ = ["MAIN_CELLS", "build_ablation", "paired_difference", "parse_cell", "verdict", "write_ablation_report"]
+__all__ = ["MAIN_CELLS", "build_ablation", "paired_difference", "parse_cell", "read_refinement", "verdict",
+           "write_ablation_report"]

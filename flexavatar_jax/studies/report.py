@@ -41,7 +41,8 @@ FITTED = {
 }
 PRIMARY = "identity_gain_psnr"
 SHOWN = ("identity_gain_psnr", "identity_gain_psnr_head", "psnr", "psnr_shuffled", "psnr_head", "ssim", "iou",
-         "iou_shuffled", "identity_gain_iou", "mse", "mse_head", "one_minus_ssim", "one_minus_iou")
+         "iou_shuffled", "identity_gain_iou", "mse", "mse_head", "one_minus_ssim", "one_minus_iou", "psnr_mouth",
+         "depth_err_mm", "offset_mm")
 PRIMARY_CELL = ("self", "4_views", "all")
 
 

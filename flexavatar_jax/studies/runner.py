@@ -4,7 +4,8 @@
 `slurm_array.sh` (a SLURM job array, one task per point: a cluster user submits it as is or
 launches the lines any other way; a multi-host point is a config with `train.distributed=True`).
 `run` trains the points here, each as its own `train` process (the same command `plan` prints),
-skipping finished points and resuming an interrupted one from its newest checkpoint.
+skipping finished points and resuming an interrupted one from its newest checkpoint; a point of a
+`refine_variants` variant is then refined (`refine`, writing `refine.json`) unless it has been.
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ import subprocess
 import sys
 import time
 
-from flexavatar_jax.studies.spec import Point, Study, base_config, point_workdir, points, train_argv, train_command
+from flexavatar_jax.studies.spec import (Point, Study, base_config, point_workdir, points, refine_argv, refines,
+                                         train_argv, train_command)
+from flexavatar_jax.train.evaluate import EVALUATOR_VERSION
 
 STATUSES = ("finished", "unfinished", "missing", "unreadable")
 
 
 def point_status(root: str, point: Point) -> tuple[str, str]:
     """(status, reason) of a point's workdir: `finished` once its final evaluation is written for
-    its last step, `unfinished` when it has started, `missing` when it has not, `unreadable` when
-    its files cannot be parsed."""
+    its last step by the current evaluator (`evaluate.EVALUATOR_VERSION`; an older one lacks
+    metrics, and re-running the point's command re-evaluates it without training), `unfinished`
+    when it has started, `missing` when it has not, `unreadable` when its files cannot be parsed."""
     workdir = point_workdir(root, point)
     if not os.path.isdir(workdir):
         return "missing", "no workdir"
@@ -33,13 +37,16 @@ def point_status(root: str, point: Point) -> tuple[str, str]:
         return "unfinished", "no final evaluation yet"
     try:
         with open(gain_path) as f:
-            step = json.load(f).get("step")
+            gain = json.load(f)
+        step, evaluator = gain.get("step"), gain.get("evaluator", 1)
         with open(os.path.join(workdir, "eval.json")) as f:
             json.load(f)
     except (OSError, ValueError) as err:
         return "unreadable", f"{type(err).__name__}: {err}"
     if step != point.steps:
         return "unfinished", f"evaluated at step {step}, the point trains {point.steps}"
+    if evaluator < EVALUATOR_VERSION:
+        return "unfinished", f"evaluated by evaluator version {evaluator}, the current one is {EVALUATOR_VERSION}"
     return "finished", ""
 
 
@@ -80,6 +87,7 @@ def run(study: Study, root: str, *, max_points: int | None = None, extra_args: t
         status, _ = point_status(root, point)
         if status == "finished":
             print(f"[{k + 1}/{len(pts)}] {point.name}: finished, skipped", flush=True)
+            _refine(study, point, root, extra_args, f"[{k + 1}/{len(pts)}]")
             continue
         if max_points is not None and trained >= max_points:
             break
@@ -102,7 +110,24 @@ def run(study: Study, root: str, *, max_points: int | None = None, extra_args: t
         remaining -= point.steps
         print(f"[{k + 1}/{len(pts)}] {point.name}: {point_status(root, point)[0]} in {time.time() - t0:.0f} s",
               flush=True)
+        _refine(study, point, root, extra_args, f"[{k + 1}/{len(pts)}]")
     return {p.name: point_status(root, p)[0] for p in pts}
+
+
+def _refine(study: Study, point: Point, root: str, extra_args: tuple[str, ...], tag: str) -> None:
+    """Refine a finished `refine_variants` point that has no refine.json yet (log: refine.log)."""
+    workdir = point_workdir(root, point)
+    if (not refines(study, point) or point_status(root, point)[0] != "finished"
+            or os.path.exists(os.path.join(workdir, "refine.json"))):
+        return
+    print(f"{tag} {point.name}: refining held-out identities", flush=True)
+    t0 = time.time()
+    argv = [sys.executable, "-m", "flexavatar_jax.cli", *refine_argv(study, point, root), *extra_args]
+    with open(os.path.join(workdir, "refine.log"), "a") as log:
+        proc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"refining point {point.name} failed (exit {proc.returncode}); see {workdir}/refine.log")
+    print(f"{tag} {point.name}: refined in {time.time() - t0:.0f} s", flush=True)
 
 
 __all__ = ["STATUSES", "plan", "point_status", "run"]

@@ -46,7 +46,9 @@ class Study:
     `exponent`; `variants` ((name, ((field, value), ...)), ...) makes it an ablation study (the
     first variant is the baseline) and `claims` ((claim, "variant:mode/views/split/metric" a,
     "variant:mode/views/split/metric" b, "+" | "-" the expected sign of a − b, source), ...) the
-    comparisons its report tests; `cache` shares `ROOT/cache` as every point's `data.cache_dir` (rendered examples
+    comparisons its report tests; the points of `refine_variants` are also refined after training
+    (`flexavatar-jax refine` on `refine_identities` held-out identities, 0 = all evaluated ones:
+    PSNR before/after, a row of the ablation report); `cache` shares `ROOT/cache` as every point's `data.cache_dir` (rendered examples
     and eval sets made once per study: right for small images on CPUs, off where the examples of a
     large run would not fit on disk); `convergence_psnr` the held-out PSNR (dB) whose first crossing is the
     convergence-speed measure; `slurm_*` the job-array script `plan` writes."""
@@ -64,6 +66,8 @@ class Study:
     exponent: float = 0.5
     variants: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
     claims: tuple[tuple[str, str, str, str, str], ...] = ()
+    refine_variants: tuple[str, ...] = ()
+    refine_identities: int = 0
     cache: bool = True
     convergence_psnr: float = 18.0
     slurm_time: str = "24:00:00"
@@ -87,6 +91,11 @@ class Study:
             clash = sorted(reserved & {k for k, _ in pairs})
             if clash:
                 raise ValueError(f"study {where} may not set {clash}: the study sets them per point")
+        unknown = sorted(set(self.refine_variants) - set(names))
+        if unknown:
+            raise ValueError(f"study refine_variants {unknown} are not variants of the study ({names})")
+        if self.refine_identities < 0:
+            raise ValueError(f"study refine_identities must be >= 0, got {self.refine_identities}")
         for claim in self.claims:
             if len(claim) != 5 or claim[3] not in ("+", "-"):
                 raise ValueError(f"a claim is (name, 'variant:cell', 'variant:cell', '+'|'-', source), got {claim}")
@@ -271,9 +280,28 @@ def train_argv(study: Study, point: Point, root: str) -> list[str]:
     return args + [f"--workdir={point_workdir(root, point)}"]
 
 
+def refines(study: Study, point: Point) -> bool:
+    return bool(point.variant) and point.variant in study.refine_variants
+
+
+def refine_argv(study: Study, point: Point, root: str) -> list[str]:
+    """The `refine` arguments of a point of a `refine_variants` variant (after the program name):
+    the point's own config, on `refine_identities` held-out identities when set."""
+    args = train_argv(study, point, root)[1:]
+    if study.refine_identities:
+        flag = "--config.eval.num_identities="
+        args = [a for a in args if not a.startswith(flag)] + [f"{flag}{study.refine_identities}"]
+    return ["refine", *args]
+
+
 def train_command(study: Study, point: Point, root: str, program: str = "flexavatar-jax") -> str:
-    return shlex.join([program, *train_argv(study, point, root)])
+    """The point's shell command: `train`, followed by `refine` for a `refine_variants` point."""
+    command = shlex.join([program, *train_argv(study, point, root)])
+    if refines(study, point):
+        command += " && " + shlex.join([program, *refine_argv(study, point, root)])
+    return command
 
 
 __all__ = ["COMPUTE_POLICIES", "Point", "Study", "base_config", "load_config_file", "load_study", "point_config",
-           "point_steps", "point_workdir", "points", "resolve_config_path", "train_argv", "train_command"]
+           "point_steps", "point_workdir", "points", "refine_argv", "refines", "resolve_config_path", "train_argv",
+           "train_command"]

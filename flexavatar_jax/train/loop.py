@@ -106,6 +106,7 @@ class Trainer:
                                   out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
                                   donate_argnums=0)
         self._predict = jax.jit(functools.partial(batch_lib.predict, self.system))
+        self._predict_geometry = jax.jit(functools.partial(batch_lib.predict, self.system, geometry=True))
         self._reconstruct = jax.jit(self.system.reconstruct)
 
     def init_state(self) -> step_lib.TrainState:
@@ -133,15 +134,17 @@ class Trainer:
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             return self._reconstruct(params, jnp.asarray(images))
 
-    def predict(self, params, batch: dict[str, Any]):
-        """Rendered targets of a batch -> host (rgb, alpha). Every process must call it (the params
-        are global arrays); host numpy inputs must then be the same on every process, global
-        arrays are gathered."""
+    def predict(self, params, batch: dict[str, Any], geometry: bool = False):
+        """Rendered targets of a batch -> host (rgb, alpha), with `geometry` also the dict of
+        `batch.predict` (depth, offset spread). Every process must call it (the params are global
+        arrays); host numpy inputs must then be the same on every process, global arrays are
+        gathered."""
+        fn = self._predict_geometry if geometry else self._predict
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-            rgb, alpha = self._predict(params, {k: jnp.asarray(v) for k, v in batch.items()})
+            out = fn(params, {k: jnp.asarray(v) for k, v in batch.items()})
         if jax.process_count() > 1:
-            rgb, alpha = multihost_utils.process_allgather((rgb, alpha), tiled=True)
-        return np.asarray(rgb), np.asarray(alpha)
+            out = multihost_utils.process_allgather(out, tiled=True)
+        return jax.tree.map(np.asarray, out)
 
 
 def _heldout_inputs(config: Config, world) -> np.ndarray | None:

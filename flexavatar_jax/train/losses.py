@@ -4,7 +4,7 @@ Images are `[*batch, H, W, C]` in [0, 1]; masks and alpha images `[*batch, H, W,
 unweighted: the train step multiplies each by `scheduled_weight(config_term, step)`.
 
 * photometric: `l1`, `dssim` (= (1 − SSIM)/2, the SSIM of `metrics.ssim`), `alpha_loss`;
-* mouth region (FlexAvatar): `mouth_vertex_mask`, `mouth_mask`, `mouth_loss`;
+* mouth region (FlexAvatar): `mouth_vertex_mask`, `mouth_mask`, `mouth_boxes`, `mouth_loss`;
 * geometry (FHAvatar): `tv3d_loss`, the 3D total variation of the rendered surface position;
 * regularisers: `offset_regularizer`, `deviation_regularizer`;
 * `downsample` for the low-resolution auxiliary branch; `scheduled_weight` for warm-up schedules.
@@ -19,7 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Shaped
 
+from flexavatar_jax.head import HeadParams, lbs
 from flexavatar_jax.head.model import HeadModel
+from flexavatar_jax.render.camera import project_points
 from flexavatar_jax.train.metrics import check_image_pair, masked_mean, ssim
 
 MOUTH_REGIONS = ("lips", "mouth_interior", "teeth", "tongue")
@@ -99,6 +101,20 @@ def mouth_mask(
     in_y = (rows >= lo_y[..., None]) & (rows <= hi_y[..., None])  # [*batch, H]
     # With no valid point lo = +inf, hi = -inf: both tests fail everywhere, the mask is empty.
     return (in_y[..., :, None] & in_x[..., None, :])[..., None].astype(points2d.dtype)
+
+
+def mouth_boxes(head: HeadModel, params: HeadParams, viewmats: Float[Array, "b t 4 4"],
+                Ks: Float[Array, "b t 3 3"], size: int) -> Float[Array, "b t h w 1"]:
+    """`mouth_mask` of every target: the box around the mouth vertices of the mesh posed by
+    `params` (leaves with leading [B,T]) as each camera sees it (vertices in front of it)."""
+    idx = jnp.asarray(mouth_vertex_mask(head).nonzero()[0])
+
+    def one(p: HeadParams, viewmat, K):
+        pts = lbs(head, p).vertices[idx]
+        uv, z = project_points(pts, viewmat, K)
+        return mouth_mask(uv, z > 1e-3, (size, size))
+
+    return jax.vmap(jax.vmap(one))(params, viewmats, Ks)
 
 
 def mouth_loss(
@@ -235,6 +251,6 @@ def scheduled_weight(term: Any, step: int | Array) -> Float[Array, ""]:
 
 __all__ = [
     "MOUTH_REGIONS", "alpha_loss", "deviation_regularizer", "downsample", "dssim", "l1", "mouth_loss",
-    "mouth_mask", "mouth_vertex_mask", "normalized_position_image", "offset_regularizer",
+    "mouth_boxes", "mouth_mask", "mouth_vertex_mask", "normalized_position_image", "offset_regularizer",
     "scheduled_weight", "tv3d_loss",
 ]

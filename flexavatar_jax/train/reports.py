@@ -24,7 +24,8 @@ from flexavatar_jax.train import inputs
 from flexavatar_jax.train.loop import Trainer, is_writer, say, train
 from flexavatar_jax.train.perceptual import perceptual_loss_fn
 
-# (params, batch) -> (rgb [B,T,H,W,3], alpha [B,T,H,W,1]) as host arrays.
+# (params, batch) -> (rgb [B,T,H,W,3], alpha [B,T,H,W,1]) as host arrays, optionally followed by the
+# geometry dict of `models.batch.predict`.
 Predictor = Callable[[Any, dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]
 
 
@@ -52,13 +53,13 @@ def gain_summary(trained: dict, untrained: dict) -> dict:
     return out
 
 
-def host_predictor(system: FlexAvatar) -> Predictor:
-    """A jitted single-device predictor (no mesh): what a user of `inference.load` runs."""
-    fn = jax.jit(functools.partial(batch_lib.predict, system))
+def host_predictor(system: FlexAvatar, geometry: bool = False) -> Predictor:
+    """A jitted single-device predictor (no mesh): what a user of `inference.load` runs. With
+    `geometry` it also returns `batch.predict`'s geometry dict (for the depth and offset metrics)."""
+    fn = jax.jit(functools.partial(batch_lib.predict, system, geometry=geometry))
 
     def predict(params, batch):
-        rgb, alpha = fn(params, batch)
-        return np.asarray(rgb), np.asarray(alpha)
+        return jax.tree.map(np.asarray, fn(params, batch))
 
     return predict
 
@@ -75,7 +76,7 @@ def evaluate_workdir(config: Config | Any, workdir: str, out_dir: str | None = N
                          "(or give none of them to load the checkpoint through inference)")
     if predict is None:
         system = inference.make_system(config.model, config.head)
-        predict = host_predictor(system)
+        predict = host_predictor(system, geometry=True)
         if params is None:
             step, params = inference.load_params(system, workdir, ema=config.train.ema_decay > 0)
         untrained = inference.initial_params(system, config.seed) if untrained is None else untrained
@@ -91,7 +92,7 @@ def evaluate_workdir(config: Config | Any, workdir: str, out_dir: str | None = N
         with open(os.path.join(out_dir, "eval_untrained.json"), "w") as f:
             json.dump(ev.finite_or_none(baseline), f, indent=1)
         with open(os.path.join(out_dir, "eval_gain.json"), "w") as f:
-            json.dump(dict(step=step, **gains), f, indent=1)
+            json.dump(dict(step=step, evaluator=ev.EVALUATOR_VERSION, **gains), f, indent=1)
         with open(os.path.join(out_dir, "eval.md"), "a") as f:
             f.write("\n\n## Trained vs untrained (held-out, all targets)\n\n| mode/views | PSNR | untrained PSNR | gain dB |"
                     " SSIM | untrained SSIM | IoU | untrained IoU |\n|---|---|---|---|---|---|---|---|\n")
@@ -134,7 +135,7 @@ def train_and_evaluate(config: Config | Any, workdir: str) -> dict:
         say("data.source is not synthetic: no held-out synthetic evaluation")
         return run
     params = state.ema_params if state.ema_params is not None else state.params
-    results = evaluate_workdir(config, workdir, predict=trainer.predict, params=params,
+    results = evaluate_workdir(config, workdir, predict=functools.partial(trainer.predict, geometry=True), params=params,
                                untrained=trainer.init_state().params, world=world, perceptual=trainer.perceptual,
                                step=run["end_step"])
     if config.eval.turntable_frames > 0:

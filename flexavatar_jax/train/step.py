@@ -14,11 +14,9 @@ import optax
 from jaxtyping import Array
 
 from flexavatar_jax.config import Config
-from flexavatar_jax.head import HeadParams, lbs
 from flexavatar_jax.models.avatar import FlexAvatar
 from flexavatar_jax.models.batch import Batch, forward, target_params
 from flexavatar_jax.models.uv_decoder import ATTRIBUTE_SLICES
-from flexavatar_jax.render.camera import project_points
 from flexavatar_jax.train import losses as L
 
 
@@ -58,18 +56,6 @@ def create_state(system: FlexAvatar, tx: optax.GradientTransformation, key: Arra
 # ------------------------------------------------------------------------------------------- losses
 
 
-def mouth_masks(system: FlexAvatar, batch: Batch, size: int) -> Array:
-    """[B,T,H,W,1] boxes around the projected mouth of each target's driving mesh."""
-    idx = jnp.asarray(L.mouth_vertex_mask(system.head).nonzero()[0])
-
-    def one(p: HeadParams, viewmat, K):
-        pts = lbs(system.head, p).vertices[idx]
-        uv, z = project_points(pts, viewmat, K)
-        return L.mouth_mask(uv, z > 1e-3, (size, size))
-
-    return jax.vmap(jax.vmap(one))(target_params(batch), batch["target_viewmats"], batch["target_Ks"])
-
-
 def compute_losses(system: FlexAvatar, cfg: Config, params: Any, batch: Batch, step: Array,
                    perceptual: Callable | None = None, *, train: bool = True, detach_mouth: bool = False):
     """Weighted sum of the configured terms -> (loss, metrics dict of scalars)."""
@@ -83,7 +69,8 @@ def compute_losses(system: FlexAvatar, cfg: Config, params: Any, batch: Batch, s
     if perceptual is not None and lc.perceptual.weight > 0:
         terms["perceptual"] = jnp.mean(perceptual(rgb.reshape(-1, *rgb.shape[2:]), target.reshape(-1, *target.shape[2:])))
     if lc.mouth.weight > 0:
-        mask = mouth_masks(system, batch, system.image_size)
+        mask = L.mouth_boxes(system.head, target_params(batch), batch["target_viewmats"], batch["target_Ks"],
+                              system.image_size)
         # Refinement detaches the mouth: its gradients would teach the reconstruction network
         # the input frames' mouth, which the frozen UNet is responsible for.
         mouth_pred = jax.lax.stop_gradient(rgb) if detach_mouth else rgb

@@ -152,6 +152,23 @@ def test_render_view_is_the_worlds_one_view_render(world, self_set):
     assert rgb.dtype == alpha.dtype == np.float32 and rgb.shape == (32, 32, 3) and alpha.shape == (32, 32, 1)
     np.testing.assert_allclose(rgb, self_set["target_images"][r, t], atol=1e-6)
     np.testing.assert_allclose(alpha, self_set["target_alphas"][r, t], atol=1e-6)
+    *_, depth = eval_sets.render_view(world, ident, params, self_set["target_viewmats"][r, t],
+                                      self_set["target_Ks"][r, t], self_set["target_backgrounds"][r, t],
+                                      with_depth=True)
+    np.testing.assert_allclose(depth, self_set["target_depths"][r, t], atol=1e-6)
+
+
+def test_target_depths_are_the_heads_distance_from_the_camera(self_set):
+    """The expected depth of every covered pixel lies within the head's extent (~0.3 m) around the
+    distance of the camera from the head centre, and is 0 where nothing is hit."""
+    n, t = self_set["target_alphas"].shape[:2]
+    for r in range(n):
+        for k in range(t):
+            alpha, depth = self_set["target_alphas"][r, k], self_set["target_depths"][r, k]
+            centre = HEAD_CENTER @ self_set["target_viewmats"][r, k][:3, :3].T + self_set["target_viewmats"][r, k][:3, 3]
+            covered = alpha > 0.5
+            assert covered.any() and np.all(np.abs(depth[covered] - centre[2]) < 0.2), (r, k)
+            np.testing.assert_allclose(depth[alpha == 0.0], 0.0)
 
 
 def test_input_shuffle_control_moves_inputs_only(self_set):

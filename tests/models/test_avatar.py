@@ -313,3 +313,38 @@ def test_the_system_takes_a_typed_model_config(cfg, procedural_head):
         FlexAvatar(dataclasses.replace(cfg.model, lifter_type="nope"), procedural_head)
     with pytest.raises(ValueError, match="model.driving"):
         ModelConfig(driving="audio")
+
+
+# ----------------------------------------------------------------------------- evaluation geometry
+
+
+def test_offset_spread_is_the_mean_offset_norm(system):
+    from flexavatar_jax.models.batch import offset_spread
+    from flexavatar_jax.models.uv_decoder import ATTRIBUTE_SLICES, NUM_ATTRIBUTES
+
+    k = system.cfg.uv_resolution
+    raw = np.zeros((2, k, k, NUM_ATTRIBUTES), np.float32)
+    raw[0, ..., ATTRIBUTE_SLICES["offset"]] = (3.0, 4.0, 0.0)  # |offset| = 5 raw units everywhere
+    spread = np.asarray(offset_spread(system, jnp.asarray(raw)))
+    assert spread.shape == (2,)
+    np.testing.assert_allclose(spread, [5.0 * system.cfg.offset_scale, 0.0], rtol=1e-5, atol=1e-9)
+
+
+def test_depth_rendering_matches_a_direct_depth_render(system, params, avatar, expression):
+    from flexavatar_jax.models.batch import render_target
+    from flexavatar_jax.render import rasterize
+
+    frame = system.driving_frame(avatar, system.head.zero_params().replace(expression=expression))
+    maps = system.animated_maps(params, _batched(avatar), _batched(frame, 2))[0, 0]
+    viewmats, Ks = _camera(RENDER_SIZE)
+    rgb, alpha, _, depth = render_target(system, maps, frame, viewmats[0], Ks[0], RENDER_SIZE, False, with_depth=True)
+    rgb_only, alpha_only, _, none = render_target(system, maps, frame, viewmats[0], Ks[0], RENDER_SIZE, False)
+    assert none is None and depth.shape == (RENDER_SIZE, RENDER_SIZE, 1)
+    np.testing.assert_allclose(rgb, rgb_only, atol=1e-6)
+    np.testing.assert_allclose(alpha, alpha_only, atol=1e-6)
+    g = system.gaussians_from_maps(maps, frame)
+    direct, _ = rasterize(g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], viewmats, Ks,
+                          RENDER_SIZE, RENDER_SIZE, render_mode="D")
+    np.testing.assert_allclose(depth, direct[0], atol=1e-5)
+    covered = np.asarray(alpha) > 0.5
+    assert covered.any() and np.all(np.abs(np.asarray(depth)[covered] - 0.6) < 0.2)  # camera 0.6 m away

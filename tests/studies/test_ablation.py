@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from flexavatar_jax import cli
-from flexavatar_jax.studies import ablation, load_study, points, spec
+from flexavatar_jax.studies import ablation, load_study, points, runner, spec
+from flexavatar_jax.train.evaluate import EVALUATOR_VERSION
 
 SMOKE = "configs/studies/ablations.py:smoke"
 
@@ -63,14 +64,14 @@ def test_smoke_ablation_study_end_to_end(tmp_path, capsys):
     assert "matches paper?" in md and (root / "report" / "claims.png").stat().st_size > 0
 
 
-def _fake_point(workdir, steps, psnr, psnr_shuffled, marginal, azimuth):
+def _fake_point(workdir, steps, psnr, psnr_shuffled, marginal, azimuth, evaluator=EVALUATOR_VERSION):
     """The files a finished point leaves (what `report.read_point` reads), with given per-target scores."""
     workdir.mkdir(parents=True)
     per_target = {"psnr": psnr.tolist(), "psnr_shuffled": psnr_shuffled.tolist(), "marginal": marginal.tolist(),
                   "azimuth_deg": azimuth.tolist()}
     result = {"per_target": per_target}
     (workdir / "eval.json").write_text(json.dumps({"self": {"1_views": result, "4_views": result}}))
-    (workdir / "eval_gain.json").write_text(json.dumps({"step": steps}))
+    (workdir / "eval_gain.json").write_text(json.dumps({"step": steps, "evaluator": evaluator}))
     (workdir / "metrics.jsonl").write_text(json.dumps({"step": steps, "wall_s": 10.0, "data_s": 1.0}) + "\n")
 
 
@@ -97,3 +98,51 @@ def test_ablation_report_from_finished_points(tmp_path):
     assert empty["difference"] is None and empty["matches"].startswith("no data")
     assert results["variants"]["a"]["self/4_views/all/identity_gain_psnr"]["mean"] == pytest.approx(1.5)
     assert "| a beats b |" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_refinement_rows_pair_before_and_after(tmp_path):
+    """refine.json of the refined variant's points: after − before is paired per identity and seed
+    (a known +0.3 dB on novel views, −0.2 dB on unseen expressions), and becomes a claim row."""
+    study = spec.Study(name="fake", variants=(("a", ()), ("b", ())), seeds=(0, 1), steps=7, refine_variants=("a",))
+    rng = np.random.default_rng(1)
+    marginal, azimuth = np.zeros((8, 2), bool), rng.uniform(-180, 180, (8, 2))
+    for seed in (0, 1):
+        for v in ("a", "b"):
+            score = rng.normal(18.0, 2.0, (8, 2))
+            _fake_point(tmp_path / f"{v}_seed{seed}", 7, score, score - 1.0, marginal, azimuth)
+        before = rng.normal(18.0, 2.0, (5, 2))
+        rows = [{"identity": k, "psnr_before": {"novel_views": b[0], "unseen_expressions": b[1]},
+                 "psnr_after": {"novel_views": b[0] + 0.3, "unseen_expressions": b[1] - 0.2}}
+                for k, b in enumerate(before)]
+        (tmp_path / f"a_seed{seed}" / "refine.json").write_text(json.dumps({"identities": rows}))
+    ablation.write_ablation_report(study, str(tmp_path), bootstrap=100)
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    novel, unseen = results["refinement"]
+    assert novel["set"] == "novel_views" and novel["identities"] == 5 and novel["seeds"] == [0, 1]
+    assert novel["difference"]["mean"] == pytest.approx(0.3) and novel["matches"] == "yes"
+    assert unseen["difference"]["mean"] == pytest.approx(-0.2) and unseen["matches"] == "no"
+    assert [c["claim"] for c in results["claims"]] == ["refinement improves novel views",
+                                                       "refinement improves unseen expressions"]
+    assert "## Refinement" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_point_scored_by_an_older_evaluator_is_not_finished(tmp_path):
+    study = spec.Study(name="fake", variants=(("a", ()),), steps=7)
+    point = points(study)[0]
+    scores = np.zeros((2, 2))
+    _fake_point(tmp_path / point.name, 7, scores, scores, np.zeros((2, 2), bool), scores, evaluator=1)
+    status, reason = runner.point_status(str(tmp_path), point)
+    assert status == "unfinished" and "evaluator version 1" in reason
+
+
+def test_refine_variants_are_validated_and_planned():
+    with pytest.raises(ValueError, match="refine_variants"):
+        spec.Study(variants=(("a", ()),), refine_variants=("b",))
+    study = spec.Study(name="s", variants=(("a", ()), ("b", ())), refine_variants=("a",), refine_identities=3,
+                       overrides=(("eval.num_identities", 8),))
+    a, b = points(study)
+    assert " && flexavatar-jax refine " in spec.train_command(study, a, "/r")
+    assert "refine" not in spec.train_command(study, b, "/r")
+    argv = spec.refine_argv(study, a, "/r")
+    assert argv[0] == "refine" and "--config.eval.num_identities=3" in argv
+    assert "--config.eval.num_identities=8" not in argv and "--workdir=/r/a_seed0" in argv

@@ -8,10 +8,16 @@ import numpy as np
 import pytest
 
 from flexavatar_jax.data import eval_sets
+from flexavatar_jax.data.pipeline import PARAM_FIELDS
+from flexavatar_jax.data.synthetic import heldout_ids
+from flexavatar_jax.head import HeadParams
 from flexavatar_jax.train import evaluate as ev
 from flexavatar_jax.train.perceptual import LPIPSLoss, expected_shapes, params_from_arrays
 # The eval-set fixtures (module-scoped world, held-out ids, self-reenactment set) are shared.
 from tests.data.test_eval_sets import NUM_TARGETS, ids, self_set, world  # noqa: F401
+
+
+SELF_IDS = heldout_ids(3)  # the ids of the shared `self_set` fixture
 
 
 def oracle(batch):
@@ -61,7 +67,7 @@ def test_split_means_and_counts_match_the_flags_and_azimuths(self_set):
 
     no_marginal = dict(self_set, target_marginal=np.zeros_like(marginal))
     empty = ev.evaluate(oracle, no_marginal, batch_size=3)["marginal"]
-    assert empty == {"count": 0, "psnr": None, "psnr_head": None, "ssim": None, "lpips": None, "iou": None}
+    assert empty == {"count": 0, **{name: None for name in ev.METRICS}}
 
 
 def test_lpips_is_reported_with_a_perceptual_callable(self_set):
@@ -115,7 +121,7 @@ def test_split_masks_wrap_the_azimuth():
 def test_finite_or_none_makes_strict_json():
     tree = {"a": [1.0, math.nan, {"b": math.inf}], "c": (-math.inf, 2), "d": "x"}
     assert ev.finite_or_none(tree) == {"a": [1.0, None, {"b": None}], "c": [None, 2], "d": "x"}
-    assert ev.METRICS == ("psnr", "psnr_head", "ssim", "lpips", "iou")
+    assert ev.METRICS == ("psnr", "psnr_head", "psnr_mouth", "ssim", "lpips", "iou", "depth_err_mm", "offset_mm")
 
 
 def _mean_input_colour(batch):
@@ -164,3 +170,79 @@ def test_head_psnr_ignores_background_errors(self_set):
     expected = -10 * np.log10((0.01 * off).mean(axis=(2, 3, 4)))  # the error is the same on all 3 channels
     np.testing.assert_allclose(result["per_target"]["psnr"], expected, atol=1e-3)
     np.testing.assert_allclose(result["per_target"]["psnr_head"], ev.PSNR_CAP_DB)
+
+
+def _mouth_box_reference(world, eval_set) -> np.ndarray:
+    """[N,T,H,W,1] mouth boxes built independently in float64 numpy: the mouth vertices of the
+    posed mesh, projected with the OpenCV pinhole model, the box of those in front of the camera
+    grown by 4 pixels, pixel centres at +0.5."""
+    from flexavatar_jax.head import lbs
+    from flexavatar_jax.train.losses import MOUTH_REGIONS
+
+    head = world.model
+    idx = np.flatnonzero(head.vertex_mask(*MOUTH_REGIONS))
+    n, t, size = eval_set["target_images"].shape[:3]
+    boxes = np.zeros((n, t, size, size, 1))
+    centres = np.arange(size) + 0.5
+    for r in range(n):
+        for k in range(t):
+            params = HeadParams(**{f: eval_set[f"target_{f}"][r, k] for f in PARAM_FIELDS})
+            verts = np.asarray(lbs(head, params).vertices, np.float64)[idx]
+            cam = verts @ eval_set["target_viewmats"][r, k][:3, :3].T.astype(np.float64) + eval_set["target_viewmats"][r, k][:3, 3]
+            front = cam[:, 2] > 1e-3
+            if not front.any():
+                continue
+            pix = cam[front] @ eval_set["target_Ks"][r, k].T.astype(np.float64)
+            x, y = pix[:, 0] / pix[:, 2], pix[:, 1] / pix[:, 2]
+            in_x = (centres >= x.min() - 4) & (centres <= x.max() + 4)
+            in_y = (centres >= y.min() - 4) & (centres <= y.max() + 4)
+            boxes[r, k, ..., 0] = in_y[:, None] & in_x[None, :]
+    return boxes
+
+
+def test_mouth_psnr_is_the_psnr_inside_the_projected_mouth_box(world, self_set):
+    boxes = _mouth_box_reference(world, self_set)
+    assert boxes.any(axis=(2, 3, 4)).sum() >= self_set["target_images"].shape[1]  # mouths are in view
+    delta = 0.1
+    inside = ev.evaluate(lambda b: (b["target_images"] + delta * _rows_of(boxes, b), b["target_alphas"]),
+                         self_set, batch_size=3, head=world.model)
+    has_box = boxes.any(axis=(2, 3, 4))
+    per = np.asarray(inside["per_target"]["psnr_mouth"], np.float64)
+    np.testing.assert_allclose(per[has_box], 20 * np.log10(1 / delta), atol=1e-3)
+    assert np.all(np.isnan(per[~has_box]))  # no mouth in front of the camera: no value
+    # The whole-image PSNR of the same prediction: the error covers exactly the box's share.
+    share = boxes.mean(axis=(2, 3, 4))
+    expected = np.where(share > 0, -10 * np.log10(np.maximum(delta**2 * share, 1e-30)), ev.PSNR_CAP_DB)
+    np.testing.assert_allclose(inside["per_target"]["psnr"], np.minimum(expected, ev.PSNR_CAP_DB), atol=1e-3)
+    outside = ev.evaluate(lambda b: (b["target_images"] + delta * (1 - _rows_of(boxes, b)), b["target_alphas"]),
+                          self_set, batch_size=3, head=world.model)
+    np.testing.assert_allclose(np.asarray(outside["per_target"]["psnr_mouth"])[has_box], ev.PSNR_CAP_DB)
+    assert ev.evaluate(oracle, self_set)["all"]["psnr_mouth"] is None  # no head model: not computed
+
+
+def _rows_of(per_row: np.ndarray, batch) -> np.ndarray:
+    """The rows of an [N,...] array that a (padded) evaluation batch holds, found by identity id."""
+    order = {int(i): k for k, i in enumerate(SELF_IDS)}
+    return per_row[[order[int(i)] for i in batch["identity"]]]
+
+
+def test_depth_error_and_offset_spread_from_a_geometry_predictor(self_set):
+    shift_m, offset_m = 0.003, 0.002
+
+    def geometric(batch):
+        depth = batch["target_depths"] + shift_m  # 3 mm further everywhere
+        n, t = batch["target_images"].shape[:2]
+        return batch["target_images"], batch["target_alphas"], {"depth": depth, "offset_m": np.full((n, t), offset_m)}
+
+    result = ev.evaluate(geometric, self_set, batch_size=2)
+    np.testing.assert_allclose(result["per_target"]["depth_err_mm"], 1000 * shift_m, rtol=1e-3)
+    np.testing.assert_allclose(result["per_target"]["offset_mm"], 1000 * offset_m, rtol=1e-6)
+    assert result["all"]["depth_err_mm"] == pytest.approx(3.0, rel=1e-3)
+
+    def empty_silhouette(batch):
+        rgb, alpha, geo = geometric(batch)
+        return rgb, np.zeros_like(alpha), geo
+
+    none_shared = ev.evaluate(empty_silhouette, self_set, batch_size=2)
+    assert np.all(np.isnan(none_shared["per_target"]["depth_err_mm"])) and none_shared["all"]["depth_err_mm"] is None
+    assert ev.evaluate(oracle, self_set)["all"]["depth_err_mm"] is None  # no geometry: not computed
