@@ -86,7 +86,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.refine_variants = ("baseline",)
         c.refine_identities = 16
         c.overrides = overrides({**views, "data.num_heldout": 32, "eval.num_identities": 32, "eval.num_targets": 4,
-                                 "data.memoize_examples": 0, "train.eval_every": 0, "train.image_every": 0})
+                                 "data.memoize_examples": 0, "train.eval_every": 0, "train.image_every": 0,
+                                 "eval.turntable_frames": 0})
     elif arg == "base":
         c.base_config = "configs/flexavatar.py:base"
         c.seeds = (0, 1, 2)

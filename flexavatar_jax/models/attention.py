@@ -105,6 +105,10 @@ class Attention(nn.Module):
 
         q, k, v = proj("query", queries), proj("key", keys_values), proj("value", keys_values)
         mask = None if kv_mask is None else kv_mask[:, None, None, :]
+        if self.is_mutable_collection("intermediates"):
+            # Probes (`models.probes`) read the attention weights [b, heads, s, t]; computed only
+            # when the caller asks for intermediates, so training and inference never pay for them.
+            self.sow("intermediates", "weights", nn.dot_product_attention_weights(q, k, mask=mask, dtype=jnp.float32))
         out = nn.dot_product_attention(q, k, v, mask=mask, dtype=self.dtype)
         return HeadMerge(d, self.dtype, name="out")(out)
 

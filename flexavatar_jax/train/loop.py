@@ -23,6 +23,8 @@ from jax.experimental import multihost_utils
 from flexavatar_jax import inference
 from flexavatar_jax.config import Config, as_config
 from flexavatar_jax.data import eval_sets, media
+from flexavatar_jax.data.pipeline import PARAM_FIELDS
+from flexavatar_jax.head import HeadParams
 from flexavatar_jax.models import batch as batch_lib
 from flexavatar_jax.models.avatar import parameter_counts
 from flexavatar_jax.models.encoder import load_encoder_npz
@@ -129,10 +131,13 @@ class Trainer:
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             return self.train_step(state, global_batch, jax.random.fold_in(self.key, step))
 
-    def reconstruct(self, params, images: np.ndarray):
-        """An avatar from 1–4 host images (the same on every process)."""
+    def reconstruct(self, params, images: np.ndarray, *, viewmats=None, Ks=None, tracked=None):
+        """An avatar from 1–4 host images (the same on every process); cameras and tracked head
+        params for the projection lifters (`FlexAvatar.reconstruct`)."""
+        as_jnp = lambda x: None if x is None else jax.tree.map(jnp.asarray, x)  # noqa: E731
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-            return self._reconstruct(params, jnp.asarray(images))
+            return self._reconstruct(params, jnp.asarray(images), viewmats=as_jnp(viewmats), Ks=as_jnp(Ks),
+                                     tracked=as_jnp(tracked))
 
     def predict(self, params, batch: dict[str, Any], geometry: bool = False):
         """Rendered targets of a batch -> host (rgb, alpha), with `geometry` also the dict of
@@ -147,14 +152,18 @@ class Trainer:
         return jax.tree.map(np.asarray, out)
 
 
-def _heldout_inputs(config: Config, world) -> np.ndarray | None:
-    """Input views of the first held-out identity, for the periodic turntable (synthetic data)."""
-    if world is None or not config.train.image_every:
-        return None
+def heldout_inputs(config: Config, world, num_views: int, needs_cameras: bool) -> tuple[dict, dict]:
+    """`Trainer.reconstruct` arguments for the first held-out identity from `num_views` views
+    (images; with `needs_cameras` also its input cameras and tracked params), for turntables, and
+    its one-target eval set."""
     ident = int(inputs.heldout(config)[0])
-    es = eval_sets.build_eval_set(world, [ident], num_views=min(4, config.data.max_inputs), num_targets=1, mode="self",
-                                 seed=config.eval.seed)
-    return es["input_images"][0, : int(es["num_inputs"][0])]
+    es = eval_sets.build_eval_set(world, [ident], num_views=num_views, num_targets=1, mode="self", seed=config.eval.seed)
+    n = int(es["num_inputs"][0])
+    out = {"images": es["input_images"][0, :n]}
+    if needs_cameras:
+        out.update(viewmats=es["input_viewmats"][0, :n], Ks=es["input_Ks"][0, :n],
+                   tracked=HeadParams(**{f: es[f"input_{f}"][0, :n] for f in PARAM_FIELDS}))
+    return out, es
 
 
 def periodic_evaluator(trainer: Trainer, config: Config, world):
@@ -229,7 +238,8 @@ def train(config: Config, workdir: str, *, stop_after: int | None = None,
     t_log, s_log = time.time(), start
     metrics = None
     step = start
-    heldout_views = _heldout_inputs(config, world)
+    heldout_views = (heldout_inputs(config, world, min(4, config.data.max_inputs), trainer.system.needs_cameras())[0]
+                     if config.train.image_every and world is not None else None)
     every = config.train.eval_every
     periodic = periodic_evaluator(trainer, config, world) if every and world is not None else None
     data_s = 0.0  # seconds spent waiting for data since the last log line
@@ -261,7 +271,8 @@ def train(config: Config, workdir: str, *, stop_after: int | None = None,
                 media.save_image(os.path.join(workdir, "images", f"train_{done:07d}.png"),
                                  image_grid(batch, rgb[: len(batch["input_images"])]))
             if heldout_views is not None:
-                avatar = trainer.reconstruct(state.params, heldout_views)
+                avatar = trainer.reconstruct(state.params, heldout_views["images"],
+                                             **{k: v for k, v in heldout_views.items() if k != "images"})
                 frames = inference.turntable_frames(system, state.params, avatar, num_frames=8)
                 if is_writer():
                     media.save_image(os.path.join(workdir, "images", f"heldout_turntable_{done:07d}.png"),

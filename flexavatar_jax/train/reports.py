@@ -14,14 +14,14 @@ import numpy as np
 
 from flexavatar_jax import inference
 from flexavatar_jax.config import Config, as_config
-from flexavatar_jax.data import eval_sets, media
+from flexavatar_jax.data import media
 from flexavatar_jax.data.pipeline import PARAM_FIELDS
 from flexavatar_jax.head import HeadParams
 from flexavatar_jax.models import batch as batch_lib
 from flexavatar_jax.models.avatar import FlexAvatar
 from flexavatar_jax.train import evaluate as ev
 from flexavatar_jax.train import inputs
-from flexavatar_jax.train.loop import Trainer, is_writer, say, train
+from flexavatar_jax.train.loop import Trainer, heldout_inputs, is_writer, say, train
 from flexavatar_jax.train.perceptual import perceptual_loss_fn
 
 # (params, batch) -> (rgb [B,T,H,W,3], alpha [B,T,H,W,1]) as host arrays, optionally followed by the
@@ -110,10 +110,8 @@ def turntable(trainer: Trainer, params: Any, world, config: Config, path: str, n
     """Reconstruct the first held-out identity from `num_views` views and render a 360° orbit of it
     (at the expression and jaw/eye pose of one of its own frames) to a GIF."""
     system = trainer.system
-    ident_id = int(inputs.heldout(config)[0])
-    es = eval_sets.build_eval_set(world, [ident_id], num_views=num_views, num_targets=1, mode="self", seed=config.eval.seed)
-    n = int(es["num_inputs"][0])
-    avatar = trainer.reconstruct(params, es["input_images"][0, :n])
+    views, es = heldout_inputs(config, world, num_views, system.needs_cameras())
+    avatar = trainer.reconstruct(params, views.pop("images"), **views)
     target = HeadParams(**{f: es[f"target_{f}"][0, 0] for f in PARAM_FIELDS})
     # Its expression, jaw and eyes; no global/neck pose or translation (the orbit is the motion).
     frame = system.head.zero_params().replace(expression=target.expression, jaw_pose=target.jaw_pose,

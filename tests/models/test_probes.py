@@ -1,0 +1,71 @@
+"""Attention probes of the Structured Head Queries: the mass per view is a distribution over the
+real views (padding gets none), follows a permutation of the views, and the angle binning agrees
+with a direct count."""
+
+import dataclasses
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flexavatar_jax.config import Config
+from flexavatar_jax.configs import flexavatar
+from flexavatar_jax.models import probes
+from flexavatar_jax.models.avatar import FlexAvatar
+from flexavatar_jax.models.views import InputViews
+
+
+@pytest.fixture(scope="module")
+def system(procedural_head):
+    cfg = Config.from_dict(flexavatar.get_config("tiny"))
+    return FlexAvatar(cfg.model, procedural_head)
+
+
+@pytest.fixture(scope="module")
+def params(system):
+    return flax.linen.meta.unbox(system.init(jax.random.key(0)))
+
+
+def test_view_attention_is_a_distribution_over_the_real_views(system, params):
+    s = system.image_size
+    images = jax.random.uniform(jax.random.key(1), (2, 4, s, s, 3))
+    mask = jnp.array([[True, True, True, False], [True, True, True, True]])
+    mass = np.asarray(probes.view_attention(system, params, InputViews(images, mask)))
+    assert mass.shape == (system.cfg.lifter.depth, 2, system.cfg.grid**2, 4)
+    np.testing.assert_allclose(mass.sum(-1), 1.0, atol=1e-4)
+    np.testing.assert_allclose(mass[:, 0, :, 3], 0.0, atol=1e-7)  # the padding slot
+    perm = jnp.array([2, 0, 3, 1])
+    permuted = np.asarray(probes.view_attention(system, params, InputViews(images[:, perm], mask[:, perm])))
+    np.testing.assert_allclose(permuted, mass[..., np.asarray(perm)], atol=1e-5)
+
+
+def test_the_probe_refuses_other_lifters(procedural_head):
+    cfg = Config.from_dict(flexavatar.get_config("tiny"))
+    other = FlexAvatar(dataclasses.replace(cfg.model, lifter_type="dual_uv"), procedural_head)
+    with pytest.raises(ValueError, match="queries"):
+        probes.view_attention(other, {}, None)
+
+
+def test_mass_by_angle_against_a_direct_count():
+    rng = np.random.default_rng(0)
+    b, q, v = 3, 50, 4
+    mass = rng.dirichlet(np.ones(v), size=(b, q))
+    q_az, q_valid = rng.uniform(-180, 180, q), rng.uniform(size=q) < 0.8
+    v_az, v_mask = rng.uniform(-180, 180, (b, v)), np.array([[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 0]], bool)
+    bins = np.array([0.0, 90.0, 180.001])
+    out = probes.mass_by_angle(mass, q_az, q_valid, v_az, v_mask, bins)
+    near, far, n_near, n_far, share_near = [], [], 0, 0, []
+    for i in range(b):
+        for j in range(q):
+            for k in range(v):
+                if not (q_valid[j] and v_mask[i, k]):
+                    continue
+                d = abs((q_az[j] - v_az[i, k] + 180) % 360 - 180)
+                (near if d < 90 else far).append(mass[i, j, k])
+                if d < 90:
+                    share_near.append(1 / v_mask[i].sum())
+    np.testing.assert_allclose(out["mass"], [np.mean(near), np.mean(far)])
+    np.testing.assert_array_equal(out["count"], [len(near), len(far)])
+    np.testing.assert_allclose(out["uniform"][0], np.mean(share_near))
