@@ -255,23 +255,35 @@ def _animate_flags(fv: flags.FlagValues, argv: list[str]) -> None:
     flags.DEFINE_integer("fps", 25, "Frames per second of the video.", flag_values=fv)
 
 
-def _loaded(fv: flags.FlagValues):
-    """(config, system, trained params) of --config/--workdir: parameters only, no trainer."""
+def _system(fv: flags.FlagValues):
+    """(config, system) of --config: the static model (no parameters yet), so inputs are checked
+    before a checkpoint is read."""
     from flexavatar_jax import inference
 
     config = _run_config(fv)
-    system, params = inference.load(config, _required(fv, "workdir"))
-    return config, system, params
+    return config, inference.make_system(config.model, config.head)
+
+
+def _trained_params(fv: flags.FlagValues, config, system):
+    """The newest checkpoint's parameters of --workdir (EMA ones when the run kept them)."""
+    from flexavatar_jax import inference
+
+    workdir = _required(fv, "workdir")
+    return inference.load_params(system, workdir, ema=config.train.ema_decay > 0)[1]
 
 
 def run_reconstruct(fv: flags.FlagValues) -> None:
     from flexavatar_jax import inference
+    from flexavatar_jax.data import media
     from flexavatar_jax.data.synthetic import SyntheticWorld
 
     out = _required(fv, "out")
     if (fv.images is None) == (fv.identity is None):
         raise UsageError("reconstruct needs exactly one of --images or --identity")
-    config, system, params = _loaded(fv)
+    config, system = _system(fv)
+    if fv.images is not None:
+        media.load_portraits(fv.images, size=system.image_size)  # unreadable photos fail before the model loads
+    params = _trained_params(fv, config, system)
     if fv.images is not None:
         avatar, source = inference.reconstruct_from_images(system, params, fv.images), ",".join(fv.images)
     else:
@@ -290,11 +302,13 @@ def run_animate(fv: flags.FlagValues) -> None:
     out, avatar_path = _required(fv, "out"), _required(fv, "avatar")
     if (fv.motion is None) == (fv.driver_identity is None):
         raise UsageError("animate needs exactly one of --motion or --driver_identity")
-    config, system, params = _loaded(fv)
+    media.check_video_path(out)
+    config, system = _system(fv)
     avatar, _ = inference.load_avatar(avatar_path, system)
     if fv.motion is not None:
         motion = driving.take_frames(driving.load_motion(fv.motion, system.head.num_expression), fv.frames)
-    else:
+    params = _trained_params(fv, config, system)
+    if fv.motion is None:
         world = SyntheticWorld(config.data.synthetic, system.head)
         motion = driving.driving_sequence(world, fv.driver_identity, fv.frames)
     media.write_video(out, inference.animate_frames(system, params, avatar, motion), fps=fv.fps)
@@ -307,8 +321,9 @@ def run_export(fv: flags.FlagValues) -> None:
     from flexavatar_jax import inference
 
     out, avatar_path = _required(fv, "out"), _required(fv, "avatar")
-    _, system, params = _loaded(fv)
+    config, system = _system(fv)
     avatar, _ = inference.load_avatar(avatar_path, system)
+    params = _trained_params(fv, config, system)
     n = inference.export_avatar_ply(system, params, avatar, out)
     print(f"wrote {out} ({n:,} Gaussians)")
 
@@ -390,19 +405,40 @@ def _persistent_compilation_cache() -> None:
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = [f"usage: {PROG} COMMAND [flags]   ({PROG} COMMAND --help lists a command's flags)", "", "commands:"]
+    lines = [f"usage: {PROG} COMMAND [flags] [--verbose]   ({PROG} COMMAND --help lists a command's flags; "
+             "--verbose keeps the traceback of an error)", "", "commands:"]
     lines += [f"  {name:<{width}}  {cmd.summary}" for name, cmd in COMMANDS.items()]
     return "\n".join(lines)
 
 
+def one_line(error: BaseException) -> str:
+    """An exception as one line: a traceback some libraries embed in their message (ml_collections
+    does, for an error inside a config file) is reduced to its final line."""
+    text = str(error) or type(error).__name__
+    if "Traceback (most recent call last)" in text:
+        head, _, tail = text.partition("Traceback (most recent call last)")
+        last = [line.strip() for line in tail.splitlines() if line.strip()][-1:]
+        text = head.strip().rstrip(":") + (": " + last[0] if last else "")
+    if isinstance(error, OSError) and error.filename and str(error.filename) not in text:
+        text = f"{error.filename}: {text}"
+    return " ".join(text.split())
+
+
 def main(argv: list[str]) -> int:
-    """Run `argv[1]` with the flags `argv[2:]`; returns the exit code."""
+    """Run `argv[1]` with the flags `argv[2:]`; returns the exit code: 0, 2 for a usage error (a
+    wrong or missing flag, an unknown command or config variant), 1 for bad input (a missing,
+    unreadable, corrupt or incompatible file, a value the library rejects) — each one line on
+    stderr, `flexavatar-jax COMMAND: error: ...`. Anything else is a bug and keeps its traceback,
+    as does every error with `--verbose`."""
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
         print(usage())
         return 0 if len(argv) >= 2 else 2
     name, rest = argv[1], argv[2:]
+    verbose = "--verbose" in rest
+    rest = [a for a in rest if a != "--verbose"]
     if name not in COMMANDS:
-        print(f"{PROG}: error: unknown command {name!r}\n{usage()}", file=sys.stderr)
+        print(f"{PROG}: error: unknown command {name!r}; the commands are {', '.join(COMMANDS)} "
+              f"({PROG} --help describes them)", file=sys.stderr)
         return 2
     command = COMMANDS[name]
     fv = flags.FlagValues()
@@ -428,8 +464,15 @@ def main(argv: list[str]) -> int:
         _persistent_compilation_cache()
         command.run(fv, *positional[1:])
     except (UsageError, flags.Error) as e:
-        print(f"{PROG} {name}: error: {e}", file=sys.stderr)
+        if verbose:
+            raise
+        print(f"{PROG} {name}: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except (ValueError, OSError) as e:  # the library's bad-input errors (FileNotFoundError is an OSError)
+        if verbose:
+            raise
+        print(f"{PROG} {name}: error: {one_line(e)} (run with --verbose for the traceback)", file=sys.stderr)
+        return 1
     return 0
 
 

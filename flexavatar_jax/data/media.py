@@ -24,6 +24,14 @@ PathLike = str | os.PathLike
 def _image_to_float(image: Image.Image, path: Path) -> np.ndarray:
     """PIL image -> float32 `[H,W,3]` or `[H,W,4]` (RGB[A]) in [0,1]."""
     mode = image.mode
+    if mode == "F":
+        # 32-bit float greyscale (e.g. TIFF): values are taken as they are, so they must be in [0,1].
+        grey = np.asarray(image, dtype=np.float32)
+        if not np.all(np.isfinite(grey)):
+            raise ValueError(f"{path}: image has non-finite values (NaN or inf)")
+        if grey.min() < 0 or grey.max() > 1:
+            raise ValueError(f"{path}: float image values must lie in [0,1], got [{grey.min():.4g}, {grey.max():.4g}]")
+        return np.repeat(grey[..., None], 3, axis=-1)
     if mode in ("I;16", "I;16L", "I;16B", "I"):
         # 16-bit greyscale PNGs load as integer modes; 65535 is their white.
         grey = np.asarray(image, dtype=np.float32) / 65535.0
@@ -100,6 +108,8 @@ def load_portraits(
                 pixels = _image_to_float(image, path)
         except UnidentifiedImageError as e:
             raise ValueError(f"{path}: not a readable image file") from e
+        except (OSError, SyntaxError, EOFError) as e:  # truncated or corrupt data inside a known format
+            raise ValueError(f"{path}: corrupt or truncated image ({type(e).__name__}: {e})") from e
         height, width = pixels.shape[:2]
         if height != width:
             raise ValueError(
@@ -151,6 +161,23 @@ def save_image(
     Image.fromarray(pixels).save(path)
 
 
+def check_video_path(path: PathLike) -> Path:
+    """`path` as a Path if `write_video` can write it (a known suffix; for .mp4 the ffmpeg plugin
+    is installed), else ValueError saying what to change: call it before expensive work."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in VIDEO_SUFFIXES:
+        raise ValueError(f"{path}: unknown video type {suffix!r}; supported: {VIDEO_SUFFIXES}")
+    if suffix == ".mp4":
+        try:
+            import imageio.v2  # noqa: F401
+            import imageio_ffmpeg  # noqa: F401  (only to detect that the ffmpeg plugin can run)
+        except ImportError:
+            raise ValueError(f"{path}: writing .mp4 needs the ffmpeg plugin: pip install imageio-ffmpeg "
+                             "(writing .gif works without it)") from None
+    return path
+
+
 def write_video(
     path: PathLike,
     frames: Float[np.ndarray, "t h w 3"] | UInt8[np.ndarray, "t h w 3"],
@@ -163,10 +190,8 @@ def write_video(
     is unchanged). MP4 needs the `imageio-ffmpeg` package and even frame sizes (H.264 yuv420p).
     Parent folders are created.
     """
-    path = Path(path)
+    path = check_video_path(path)
     suffix = path.suffix.lower()
-    if suffix not in VIDEO_SUFFIXES:
-        raise ValueError(f"{path}: unknown video type {suffix!r}; supported: {VIDEO_SUFFIXES}")
     if not fps > 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     pixels = _to_uint8(frames, "frames", ndim=4)
@@ -183,14 +208,8 @@ def write_video(
         )
         return
 
-    try:
-        import imageio.v2 as imageio
-        import imageio_ffmpeg  # noqa: F401  (only to detect that the ffmpeg plugin can run)
-    except ImportError as e:
-        raise RuntimeError(
-            "writing .mp4 needs the ffmpeg plugin: pip install imageio-ffmpeg "
-            "(writing .gif works without it)"
-        ) from e
+    import imageio.v2 as imageio  # check_video_path saw it installed
+
     height, width = pixels.shape[1:3]
     if height % 2 or width % 2:
         raise ValueError(

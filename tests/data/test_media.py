@@ -128,7 +128,7 @@ def test_mp4_writes_or_explains_the_missing_plugin(tmp_path):
         assert path.read_bytes()[4:8] == b"ftyp"  # ISO media container
         assert imageio_ffmpeg.count_frames_and_secs(str(path))[0] == 3
     else:
-        with pytest.raises(RuntimeError, match=r"pip install imageio-ffmpeg.*\.gif works"):
+        with pytest.raises(ValueError, match=r"pip install imageio-ffmpeg.*\.gif works"):
             write_video(path, frames, fps=25)
         assert not path.exists()
 
