@@ -165,14 +165,15 @@ def _overwrite(fv: flags.FlagValues, argv: list[str]) -> None:
 
 
 def run_make_dataset(fv: flags.FlagValues) -> None:
+    from flexavatar_jax.data import locks
     from flexavatar_jax.data.make_dataset import make_dataset
     from flexavatar_jax.data.synthetic import SyntheticWorld
 
     cfg, out = _dataset_config(fv), pathlib.Path(_required(fv, "out"))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    paths = make_dataset(SyntheticWorld(cfg.synthetic), out, cfg.num_identities, cfg.split, cfg.cameras_per_frame,
-                         cfg.frame_stride, cfg.val_fraction, overwrite=fv.overwrite)
+    with locks.directory_lock(out, "make-dataset"):
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        paths = make_dataset(SyntheticWorld(cfg.synthetic), out, cfg.num_identities, cfg.split,
+                             cfg.cameras_per_frame, cfg.frame_stride, cfg.val_fraction, overwrite=fv.overwrite)
     print(f"wrote {len(paths)} identity sequences under {out}")
 
 

@@ -8,7 +8,7 @@ import pathlib
 import numpy as np
 from absl import logging
 
-from flexavatar_jax.data import motion, vhap
+from flexavatar_jax.data import locks, motion, vhap
 from flexavatar_jax.data.synthetic import SyntheticWorld, heldout_ids, train_ids
 from flexavatar_jax.head import HeadParams
 
@@ -48,8 +48,9 @@ def make_dataset(world: SyntheticWorld, out: str | pathlib.Path, num_identities:
     ids = train_ids(num_identities) if split == "train" else heldout_ids(num_identities)
     out = pathlib.Path(out)
     paths = []
-    for i in ids:
-        paths.append(write_identity(world, int(i), out / f"id_{int(i):07d}", cameras_per_frame, frame_stride,
-                                    val_fraction, overwrite))
-        logging.info("wrote identity %d -> %s", i, paths[-1])
+    with locks.directory_lock(out, "make-dataset"):  # one writer per dataset folder
+        for i in ids:
+            paths.append(write_identity(world, int(i), out / f"id_{int(i):07d}", cameras_per_frame, frame_stride,
+                                        val_fraction, overwrite))
+            logging.info("wrote identity %d -> %s", i, paths[-1])
     return paths

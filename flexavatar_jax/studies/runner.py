@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 
+from flexavatar_jax.data import locks
 from flexavatar_jax.studies.spec import (Point, Study, base_config, point_workdir, points, refine_argv, refines,
                                          train_argv, train_command)
 from flexavatar_jax.train.evaluate import EVALUATOR_VERSION
@@ -76,7 +77,13 @@ def plan(study: Study, root: str, program: str = "flexavatar-jax") -> list[str]:
 
 def run(study: Study, root: str, *, max_points: int | None = None, extra_args: tuple[str, ...] = ()) -> dict:
     """Train every unfinished point here, one process after another (re-running resumes). Returns
-    `{point name: status}` after the run; `max_points` stops after that many trained points."""
+    `{point name: status}` after the run; `max_points` stops after that many trained points. The
+    study root is locked while it runs (a second `sweep run` on it fails naming this one)."""
+    with locks.directory_lock(root, "sweep run"):
+        return _run(study, root, max_points, extra_args)
+
+
+def _run(study: Study, root: str, max_points: int | None, extra_args: tuple[str, ...]) -> dict:
     plan(study, root)
     base = base_config(study)
     pts = points(study, base)

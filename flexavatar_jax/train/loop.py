@@ -7,6 +7,7 @@ continues. Only process 0 writes files.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -22,7 +23,7 @@ from jax.experimental import multihost_utils
 
 from flexavatar_jax import inference
 from flexavatar_jax.config import Config, as_config
-from flexavatar_jax.data import eval_sets, media
+from flexavatar_jax.data import eval_sets, locks, media
 from flexavatar_jax.data.pipeline import PARAM_FIELDS
 from flexavatar_jax.head import HeadParams
 from flexavatar_jax.models import batch as batch_lib
@@ -202,11 +203,29 @@ def train(config: Config, workdir: str, *, stop_after: int | None = None,
           devices=None) -> dict[str, Any]:
     """Train (or resume) to `config.train.steps`; `stop_after` ends early after that many steps in
     this call (tests, time budgets). `config`: a `Config` (or a ConfigDict, converted). Returns a
-    summary dict."""
-    t_start = time.time()
+    summary dict. The workdir is locked while it trains (`data.locks`: a second run on it fails
+    naming this one; process 0 holds the lock of a multi-host run)."""
     config = as_config(config)
-    if config.train.distributed:
+    with workdir_lock(config, workdir, "train"):
+        return _train(config, workdir, stop_after, devices)
+
+
+@contextlib.contextmanager
+def workdir_lock(config: Config, workdir: str, command: str):
+    """`locks.directory_lock` of the workdir, taken by the writing process only (after
+    `jax.distributed.initialize()` for a multi-host run, which must precede any JAX call)."""
+    if config.train.distributed and not jax.distributed.is_initialized():
         jax.distributed.initialize()
+    if not is_writer():
+        os.makedirs(workdir, exist_ok=True)
+        yield
+        return
+    with locks.directory_lock(workdir, command):
+        yield
+
+
+def _train(config: Config, workdir: str, stop_after: int | None, devices) -> dict[str, Any]:
+    t_start = time.time()
     os.makedirs(workdir, exist_ok=True)
     trainer = Trainer(config, workdir, devices)
     system, mesh = trainer.system, trainer.mesh

@@ -21,7 +21,7 @@ from flexavatar_jax.models import batch as batch_lib
 from flexavatar_jax.models.avatar import FlexAvatar
 from flexavatar_jax.train import evaluate as ev
 from flexavatar_jax.train import inputs
-from flexavatar_jax.train.loop import Trainer, heldout_inputs, is_writer, say, train
+from flexavatar_jax.train.loop import Trainer, heldout_inputs, is_writer, say, train, workdir_lock
 from flexavatar_jax.train.perceptual import perceptual_loss_fn
 
 # (params, batch) -> (rgb [B,T,H,W,3], alpha [B,T,H,W,1]) as host arrays, optionally followed by the
@@ -126,6 +126,11 @@ def train_and_evaluate(config: Config | Any, workdir: str) -> dict:
     """The main job: train (resuming if possible), then evaluate against the untrained model on
     held-out identities and write a turntable GIF of a held-out identity."""
     config = as_config(config)
+    with workdir_lock(config, workdir, "train"):  # through the evaluation: its files are the run's too
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: Config, workdir: str) -> dict:
     run = train(config, workdir)
     trainer, state, world = run["trainer"], run["state"], run["world"]
     say(f"trained steps {run['start_step']}..{run['end_step']} in {run['seconds'] / 60:.1f} min")
