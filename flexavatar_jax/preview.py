@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
+from flexavatar_jax.files import write_atomic
 from flexavatar_jax.head import HeadModel, HeadParams, lbs
 from flexavatar_jax.head.mesh_ops import vertex_normals
 from flexavatar_jax.render import camera
@@ -33,6 +34,11 @@ REGION_COLORS = {  # later entries win where regions overlap
     "left_eye": (0.96, 0.96, 0.96),
     "right_eye": (0.96, 0.96, 0.96),
 }
+
+
+def _save_png(image, path) -> None:
+    """A PIL image as a PNG, atomically."""
+    write_atomic(path, lambda f: image.save(f, "PNG"))
 
 
 def vertex_colors(model: HeadModel) -> np.ndarray:
@@ -126,7 +132,7 @@ def preview_head(model: HeadModel, out_dir: str | pathlib.Path, seed: int = 0, s
 
     neutral = _posed(model, zero)
     imgs = [shade(model, neutral, colors, vm, K, size, size) for vm in views]
-    contact_sheet(imgs, 4, [f"az {int(a)}" for a in np.arange(8) * 45]).save(out / "views_neutral.png")
+    _save_png(contact_sheet(imgs, 4, [f"az {int(a)}" for a in np.arange(8) * 45]), out / "views_neutral.png")
     paths.append(out / "views_neutral.png")
 
     rng = np.random.default_rng(seed)
@@ -137,7 +143,7 @@ def preview_head(model: HeadModel, out_dir: str | pathlib.Path, seed: int = 0, s
         v = _posed(model, p)
         imgs += [shade(model, v, colors, front, K, size, size), shade(model, v, colors, three_q, K, size, size)]
         labels += [f"id {i} front", f"id {i} 3/4"]
-    contact_sheet(imgs, 4, labels).save(out / "random_shapes.png")
+    _save_png(contact_sheet(imgs, 4, labels), out / "random_shapes.png")
     paths.append(out / "random_shapes.png")
 
     names = list(expression_names or [])
@@ -163,7 +169,7 @@ def preview_head(model: HeadModel, out_dir: str | pathlib.Path, seed: int = 0, s
     ]
     closeup = np.asarray(camera.look_at(np.array([0.0, 0.0, 0.42], np.float32), np.array([0.0, -0.01, 0.03], np.float32)))
     imgs = [shade(model, _posed(model, p), colors, closeup, K, size, size) for _, p in cases]
-    contact_sheet(imgs, 4, [c for c, _ in cases]).save(out / "expressions.png")
+    _save_png(contact_sheet(imgs, 4, [c for c, _ in cases]), out / "expressions.png")
     paths.append(out / "expressions.png")
     return paths
 
@@ -191,5 +197,5 @@ def preview_data(world, out_dir: str | pathlib.Path, num_identities: int = 16) -
         images += [rgb_n[0], rgb_x[0], rgb_n[2], rgb_n[3]]
         labels += [f"id {i} {ident.hair_style}", "extreme", "side", "back"]
     path = out / "identities.png"
-    contact_sheet(images, 4, labels).save(path)
+    _save_png(contact_sheet(images, 4, labels), path)
     return path

@@ -20,7 +20,7 @@ CONFIGS = ROOT / "configs"
 
 LAYERS = ("head", "render", "data", "config", "models", "inference", "train", "studies", "cli")
 # Modules outside the layer packages, placed in a layer.
-PLACED = {"flexavatar_jax": "head", "flexavatar_jax.preview": "data", "flexavatar_jax.config": "config",
+PLACED = {"flexavatar_jax": "head", "flexavatar_jax.files": "head", "flexavatar_jax.preview": "data", "flexavatar_jax.config": "config",
           "flexavatar_jax.cli": "cli"}
 
 

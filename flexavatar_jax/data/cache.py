@@ -20,13 +20,14 @@ import io
 import json
 import os
 import threading
-import uuid
 import zipfile
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from absl import logging
+
+from flexavatar_jax.files import write_atomic
 
 
 def fingerprint(key: Any) -> str:
@@ -43,17 +44,6 @@ def keyed_directory(root: str | os.PathLike, kind: str, key: Any) -> str:
     if not os.path.exists(key_path):
         write_atomic(key_path, json.dumps(key, sort_keys=True, indent=1, default=str).encode())
     return directory
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_arrays(path: str, arrays: dict[str, np.ndarray]) -> None:

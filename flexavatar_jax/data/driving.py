@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from flexavatar_jax.data.synthetic import SyntheticWorld
+from flexavatar_jax.files import write_atomic
 from flexavatar_jax.head import POSE_SIZE, HeadParams
 
 
@@ -59,10 +60,9 @@ def save_motion(path: str | os.PathLike, expression, pose, translation) -> None:
     `translation [T,3]`)."""
     _checked_motion(Path(path), dict(expression=np.asarray(expression), pose=np.asarray(pose),
                                      translation=np.asarray(translation)), None)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        np.savez(f, expression=np.asarray(expression, np.float32), pose=np.asarray(pose, np.float32),
-                 translation=np.asarray(translation, np.float32))
+    write_atomic(path, lambda f: np.savez(f, expression=np.asarray(expression, np.float32),
+                                          pose=np.asarray(pose, np.float32),
+                                          translation=np.asarray(translation, np.float32)))
 
 
 _VHAP_KEYS = ("expr", "rotation", "neck_pose", "jaw_pose", "eyes_pose", "translation")

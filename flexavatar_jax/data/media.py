@@ -1,5 +1,6 @@
 """Image and video I/O for the user-facing commands: portrait loading, PNG/GIF/MP4 writing, grids.
 
+Every file is written atomically (`files`: a temporary sibling renamed into place).
 Pixel values in memory are float32 in [0,1] (or uint8 where stated); images are `[H,W,3]` RGB,
 videos `[T,H,W,3]`. Nothing is cropped or clipped silently: non-square portraits, out-of-range
 floats and non-finite values raise ValueError naming the file or array.
@@ -14,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from jaxtyping import Float, UInt8
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from flexavatar_jax.files import replacing, write_atomic
 
 MAX_PORTRAITS = 4  # FlexAvatar conditions on 1-4 input views.
 VIDEO_SUFFIXES = (".gif", ".mp4")
@@ -157,8 +160,7 @@ def save_image(
     if path.suffix.lower() != ".png":
         raise ValueError(f"{path}: save_image writes PNG only, use a .png suffix")
     pixels = _to_uint8(image, "image", ndim=3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
+    write_atomic(path, lambda f: Image.fromarray(pixels).save(f, "PNG"))
 
 
 def check_video_path(path: PathLike) -> Path:
@@ -197,15 +199,15 @@ def write_video(
     pixels = _to_uint8(frames, "frames", ndim=4)
 
     if suffix == ".gif":
-        path.parent.mkdir(parents=True, exist_ok=True)
         images = [Image.fromarray(frame) for frame in pixels]
-        images[0].save(
-            path,
+        write_atomic(path, lambda f: images[0].save(
+            f,
+            "GIF",
             save_all=True,
             append_images=images[1:],
             duration=1000.0 / fps,
             loop=0,  # 0 = loop forever
-        )
+        ))
         return
 
     import imageio.v2 as imageio  # check_video_path saw it installed
@@ -215,11 +217,10 @@ def write_video(
         raise ValueError(
             f"{path}: H.264 mp4 needs even frame sizes, got {width}x{height}; use .gif or crop"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
     # macro_block_size=1: imageio would otherwise resize to multiples of 16 (with a warning);
     # yuv420p keeps the file playable in browsers and QuickTime.
-    with imageio.get_writer(
-        path, format="FFMPEG", fps=fps, codec="libx264", pixelformat="yuv420p",
+    with replacing(path) as tmp, imageio.get_writer(
+        tmp, format="FFMPEG", fps=fps, codec="libx264", pixelformat="yuv420p",
         macro_block_size=1, quality=8,
     ) as writer:  # fmt: skip
         for frame in pixels:

@@ -70,6 +70,7 @@ from absl import logging
 from jaxtyping import Float, UInt8
 from PIL import Image
 
+from flexavatar_jax.files import write_atomic
 from flexavatar_jax.head import HeadModel, HeadParams
 from flexavatar_jax.render.camera import opencv_to_opengl, opengl_to_opencv
 
@@ -631,14 +632,6 @@ def _params_to_arrays(params: HeadParams, what: str) -> dict[str, np.ndarray]:
     return out
 
 
-def _atomic_write(path: Path, write) -> None:
-    # A crash mid-write must not leave a truncated file under the final name.
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
-        write(fh)
-    os.replace(tmp, path)
-
-
 class SequenceWriter:
     """Writes a VHAP NeRF-style sequence incrementally (one frame at a time, as a renderer makes
     them): images, masks and parameter files are written immediately, the transforms json(s) by
@@ -733,9 +726,9 @@ class SequenceWriter:
         image_rel = f"images/{t:05d}_{c:02d}.png"
         mask_rel = None if mask_pixels is None else f"fg_masks/{t:05d}_{c:02d}.png"
         param_rel = f"flame_param/{t:05d}.npz"
-        _atomic_write(self.folder / image_rel, lambda fh: Image.fromarray(pixels).save(fh, "PNG"))
+        write_atomic(self.folder / image_rel, lambda fh: Image.fromarray(pixels).save(fh, "PNG"))
         if mask_pixels is not None:
-            _atomic_write(self.folder / mask_rel,
+            write_atomic(self.folder / mask_rel,
                           lambda fh: Image.fromarray(mask_pixels, "L").save(fh, "PNG"))
 
         fx, fy, cx, cy = (float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]))
@@ -778,7 +771,7 @@ class SequenceWriter:
         if clash:
             raise ValueError(f"{what}: extra_arrays may not override {sorted(clash)}")
         arrays.update({k: np.asarray(v) for k, v in (extra_arrays or {}).items()})
-        _atomic_write(path, lambda fh: np.savez(fh, **arrays))
+        write_atomic(path, lambda fh: np.savez(fh, **arrays))
         return path
 
     def add_timestep_params(self, timestep_index: int, params: HeadParams,
@@ -804,7 +797,7 @@ class SequenceWriter:
             "camera_indices": sorted({f["camera_index"] for f in frames}),
             "frames": frames,
         }
-        _atomic_write(path, lambda fh: fh.write(json.dumps(doc, indent=2).encode()))
+        write_atomic(path, lambda fh: fh.write(json.dumps(doc, indent=2).encode()))
 
     def close(self) -> Path:
         """Writes `transforms.json` (every frame) and `transforms_{split}.json` for each split

@@ -76,6 +76,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from flexavatar_jax.files import write_atomic
 from flexavatar_jax.head.mesh_ops import mirror_faces, mirror_vertex_table
 from flexavatar_jax.head.model import (
     FLAME_PARENTS,
@@ -600,10 +601,7 @@ def save_npz(model: HeadModel, path: str | os.PathLike) -> None:
         joint_names=np.asarray(model.joint_names, dtype=str),
         region_names=np.asarray(model.region_names, dtype=str),
     )
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:  # a file object, so numpy does not append ".npz" to the name
-        np.savez(fh, **arrays)
-    os.replace(tmp, path)
+    write_atomic(path, lambda fh: np.savez(fh, **arrays))  # a file object: numpy appends no ".npz"
 
 
 def load_npz(path: str | os.PathLike) -> HeadModel:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
-import tempfile
 
 import numpy as np
 from absl import logging
 
+from flexavatar_jax.files import write_atomic
 from flexavatar_jax.head import procedural_blendshapes, procedural_geometry
 from flexavatar_jax.head.mesh_ops import mirror_faces
 from flexavatar_jax.head.model import REGION_NAMES, HeadModel
@@ -69,10 +69,7 @@ def load_procedural_arrays(rebuild: bool = False) -> dict[str, np.ndarray]:
             logging.warning("procedural head cache %s is unreadable (%s); rebuilding", path, e)
     logging.info("building the procedural head (first use; cached at %s)", path)
     arrays = build_procedural_arrays()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
-        np.savez(tmp, **arrays)
-    os.replace(tmp.name, path)
+    write_atomic(path, lambda f: np.savez(f, **arrays))
     return arrays
 
 

@@ -27,12 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from flexavatar_jax.config import to_dict
-from flexavatar_jax.inference.params import model_config_differences
 from flexavatar_jax.data import eval_sets, media
 from flexavatar_jax.data import motion as motion_lib
 from flexavatar_jax.data.pipeline import PARAM_FIELDS
 from flexavatar_jax.data.synthetic import SyntheticWorld
+from flexavatar_jax.files import write_atomic
 from flexavatar_jax.head import HeadParams
+from flexavatar_jax.inference.params import model_config_differences
 from flexavatar_jax.models.avatar import Avatar, FlexAvatar
 from flexavatar_jax.models.uv_decoder import NUM_ATTRIBUTES
 from flexavatar_jax.render import ply
@@ -101,10 +102,8 @@ def save_avatar(path: str | os.PathLike, avatar: Avatar, system: FlexAvatar, *, 
             raise ValueError(f"avatar.{name} has {int(np.sum(~np.isfinite(a)))} non-finite values")
     meta = dict(format=AVATAR_FORMAT, version=AVATAR_VERSION, image_size=int(system.image_size), source=str(source),
                 uv_resolution=k, id_channels=c, num_shape=s, model=to_dict(system.cfg))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to other names
-        np.savez(f, metadata=np.asarray(json.dumps(meta)), **arrays)
+    # A file object: np.savez would append ".npz" to other names.
+    write_atomic(path, lambda f: np.savez(f, metadata=np.asarray(json.dumps(meta)), **arrays))
 
 
 def _avatar_dims(arrays: dict[str, np.ndarray], where: str) -> tuple[int, int, int]:

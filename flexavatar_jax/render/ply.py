@@ -29,6 +29,8 @@ from collections.abc import Mapping
 import numpy as np
 from jaxtyping import Float
 
+from flexavatar_jax.files import write_atomic
+
 # Degree-0 real spherical harmonic, 1 / (2 sqrt(pi)).
 SH_C0 = 0.28209479177387814
 
@@ -137,10 +139,7 @@ def export_ply(
             "end_header",
         ]
     )
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write((header + "\n").encode("ascii"))
-        f.write(table.tobytes())
+    write_atomic(path, (header + "\n").encode("ascii") + table.tobytes())
     return n
 
 

@@ -19,6 +19,7 @@ import os
 
 import numpy as np
 
+from flexavatar_jax.files import replacing, write_atomic
 from flexavatar_jax.studies.report import SHOWN, _ci, _quiet, read_point
 from flexavatar_jax.studies.spec import Study, points
 from flexavatar_jax.train.evaluate import finite_or_none
@@ -183,7 +184,8 @@ def _forest_plot(claims: list[dict], path: str) -> str | None:
     ax.invert_yaxis()
     ax.set_xlabel("a − b with 95% paired bootstrap interval (green: paper's sign, red: opposite, grey: unresolved)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 
@@ -196,8 +198,8 @@ def write_ablation_report(study: Study, root: str, bootstrap: int = 1000, out_di
     results = finite_or_none({"study": study.to_dict(), "variants": rep["table"], "claims": rep["claims"],
                               "refinement": rep["refinement"],
                               "points": [{k: v for k, v in p.items() if k != "cells"} for p in rep["points"]]})
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1, allow_nan=False, default=lambda x: None)
+    write_atomic(os.path.join(out_dir, "results.json"),
+                 json.dumps(results, indent=1, allow_nan=False, default=lambda x: None))
     md = [f"# Ablation study {study.name}", "", f"Base `{study.base_config}`, seeds {list(study.seeds)}, "
           f"baseline variant `{study.variants[0][0]}`. Mean [95% bootstrap interval over held-out identities and "
           "seeds].", "", "## Points", "", "| point | status | steps |", "|---|---|---|"]
@@ -238,8 +240,7 @@ def write_ablation_report(study: Study, root: str, bootstrap: int = 1000, out_di
         with open(findings) as f:
             md += ["", f.read().strip()]
     path = os.path.join(out_dir, "report.md")
-    with open(path, "w") as f:
-        f.write("\n".join(md) + "\n")
+    write_atomic(path, "\n".join(md) + "\n")
     return path
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from flexavatar_jax.data.eval_sets import FRONTAL_MAX_AZIMUTH_DEG, wrap_deg
+from flexavatar_jax.files import replacing, write_atomic
 from flexavatar_jax.studies import fits
 from flexavatar_jax.studies.runner import point_status
 from flexavatar_jax.studies.spec import Point, Study, point_workdir, points
@@ -242,7 +243,8 @@ def _plots(study: Study, table: dict, fitted: dict, point_results: list[dict], o
     fig.suptitle(f"{study.name}: held-out metrics against the number of training identities (95% intervals)")
     fig.tight_layout(rect=(0, 0.07, 1, 0.96))
     scaling = os.path.join(out_dir, "scaling.png")
-    fig.savefig(scaling, dpi=110)
+    with replacing(scaling) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -269,7 +271,8 @@ def _plots(study: Study, table: dict, fitted: dict, point_results: list[dict], o
     axes[0].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     conv = os.path.join(out_dir, "convergence.png")
-    fig.savefig(conv, dpi=110)
+    with replacing(conv) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return [scaling, conv]
 
@@ -358,8 +361,8 @@ def write_report(study: Study, root: str, bootstrap: int = 1000, out_dir: str | 
         "fit_cell": "/".join(PRIMARY_CELL),
         "convergence": rep["convergence"],
     })
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1, allow_nan=False, default=lambda x: None)
+    write_atomic(os.path.join(out_dir, "results.json"),
+                 json.dumps(results, indent=1, allow_nan=False, default=lambda x: None))
 
     md = [f"# Study {study.name}", "",
           f"Base `{study.base_config}`, compute `{study.compute}`, seeds {list(study.seeds)} "
@@ -421,8 +424,7 @@ def write_report(study: Study, root: str, bootstrap: int = 1000, out_dir: str | 
                   f"{_fmt(c['final_psnr'])} |")
     md += [""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in images]
     path = os.path.join(out_dir, "report.md")
-    with open(path, "w") as f:
-        f.write("\n".join(md) + "\n")
+    write_atomic(path, "\n".join(md) + "\n")
     return path
 
 

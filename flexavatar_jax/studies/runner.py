@@ -18,8 +18,18 @@ import sys
 import time
 
 from flexavatar_jax.data import locks
-from flexavatar_jax.studies.spec import (Point, Study, base_config, point_workdir, points, refine_argv, refines,
-                                         train_argv, train_command)
+from flexavatar_jax.files import write_atomic
+from flexavatar_jax.studies.spec import (
+    Point,
+    Study,
+    base_config,
+    point_workdir,
+    points,
+    refine_argv,
+    refines,
+    train_argv,
+    train_command,
+)
 from flexavatar_jax.train.evaluate import EVALUATOR_VERSION
 
 STATUSES = ("finished", "unfinished", "missing", "unreadable")
@@ -56,8 +66,7 @@ def plan(study: Study, root: str, program: str = "flexavatar-jax") -> list[str]:
     os.makedirs(root, exist_ok=True)
     pts = points(study)
     commands = [train_command(study, p, root, program) for p in pts]
-    with open(os.path.join(root, "commands.txt"), "w") as f:
-        f.write("\n".join(commands) + "\n")
+    write_atomic(os.path.join(root, "commands.txt"), "\n".join(commands) + "\n")
     lines = ["#!/bin/bash", f"# Study {study.name}: {len(pts)} points, one array task each.",
              f"#SBATCH --job-name={shlex.quote(study.name.replace('/', '_').replace(':', '_'))}",
              f"#SBATCH --array=0-{len(pts) - 1}", f"#SBATCH --time={study.slurm_time}",
@@ -67,11 +76,9 @@ def plan(study: Study, root: str, program: str = "flexavatar-jax") -> list[str]:
     lines += ["set -euo pipefail", "COMMANDS=("] + [f"  {shlex.quote(c)}" for c in commands] + [
         ")", 'eval "${COMMANDS[$SLURM_ARRAY_TASK_ID]}"  # re-submitting a task resumes it from its checkpoint']
     path = os.path.join(root, "slurm_array.sh")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_atomic(path, "\n".join(lines) + "\n")
     os.chmod(path, 0o755)
-    with open(os.path.join(root, "study.json"), "w") as f:
-        json.dump(study.to_dict(), f, indent=1)
+    write_atomic(os.path.join(root, "study.json"), json.dumps(study.to_dict(), indent=1))
     return commands
 
 

@@ -29,10 +29,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flexavatar_jax.data.eval_sets import (FRONTAL_MAX_AZIMUTH_DEG, MODES, cached_eval_set, with_inputs_of_next,
-                                           with_num_views, wrap_deg)
+from flexavatar_jax.data.eval_sets import (
+    FRONTAL_MAX_AZIMUTH_DEG,
+    MODES,
+    cached_eval_set,
+    with_inputs_of_next,
+    with_num_views,
+    wrap_deg,
+)
 from flexavatar_jax.data.pipeline import PARAM_FIELDS
 from flexavatar_jax.data.synthetic import SyntheticWorld
+from flexavatar_jax.files import write_atomic
 from flexavatar_jax.head import HeadParams
 from flexavatar_jax.train import losses, metrics
 from flexavatar_jax.train.perceptual import LPIPSLoss
@@ -256,15 +263,14 @@ def finite_or_none(tree):
     return tree
 
 
-def write_results(results: dict, out_dir: str | os.PathLike) -> tuple[str, str]:
-    """Writes `eval.json` (strict JSON: any non-finite number becomes null) and `eval.md` into
-    `out_dir` (created); returns their paths. Multi-host callers write from process 0 only."""
+def write_results(results: dict, out_dir: str | os.PathLike, appendix: str = "") -> tuple[str, str]:
+    """Writes `eval.json` (strict JSON: any non-finite number becomes null) and `eval.md` (the
+    table, then `appendix`) into `out_dir` (created), each atomically; returns their paths.
+    Multi-host callers write from process 0 only."""
     os.makedirs(out_dir, exist_ok=True)
     json_path, md_path = os.path.join(out_dir, "eval.json"), os.path.join(out_dir, "eval.md")
-    with open(json_path, "w") as f:
-        json.dump(finite_or_none(results), f, indent=1, allow_nan=False)
-    with open(md_path, "w") as f:
-        f.write(markdown_table(results))
+    write_atomic(json_path, json.dumps(finite_or_none(results), indent=1, allow_nan=False))
+    write_atomic(md_path, markdown_table(results) + appendix)
     return json_path, md_path
 
 

@@ -25,12 +25,13 @@ from flexavatar_jax import inference
 from flexavatar_jax.config import Config, as_config
 from flexavatar_jax.data import eval_sets, locks, media
 from flexavatar_jax.data.pipeline import PARAM_FIELDS
+from flexavatar_jax.files import write_atomic
 from flexavatar_jax.head import HeadParams
 from flexavatar_jax.models import batch as batch_lib
 from flexavatar_jax.models.avatar import parameter_counts
 from flexavatar_jax.models.encoder import load_encoder_npz
-from flexavatar_jax.train import inputs, sharding
 from flexavatar_jax.train import checkpoint as ckpt_lib
+from flexavatar_jax.train import inputs, sharding
 from flexavatar_jax.train import step as step_lib
 from flexavatar_jax.train.perceptual import perceptual_loss_fn
 
@@ -241,8 +242,7 @@ def _train(config: Config, workdir: str, stop_after: int | None, devices) -> dic
         start, state, _ = restored
         say(f"resumed from {checkpoints.directory} at step {start}")
     if is_writer():
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(config.to_dict(), f, indent=1)
+        write_atomic(os.path.join(workdir, "config.json"), json.dumps(config.to_dict(), indent=1))
     counts = parameter_counts(state.params)
     per_device = config.train.batch_size // sharding.batch_divisor(mesh)
     say(f"mesh {dict(mesh.shape)} over {len(mesh.devices.flat)} {jax.devices()[0].platform} devices "

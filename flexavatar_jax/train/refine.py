@@ -27,6 +27,7 @@ from flexavatar_jax import inference
 from flexavatar_jax.config import Config, as_config
 from flexavatar_jax.data import eval_sets, motion
 from flexavatar_jax.data.pipeline import PARAM_FIELDS
+from flexavatar_jax.files import write_atomic
 from flexavatar_jax.head import HeadParams
 from flexavatar_jax.models.avatar import RECONSTRUCTION_KEYS, FlexAvatar
 from flexavatar_jax.models.batch import model_inputs
@@ -162,8 +163,7 @@ def refine_workdir(config: Config | Any, workdir: str, out_dir: str | None = Non
     if is_writer():
         out_dir = out_dir or workdir
         os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "refine.json"), "w") as f:
-            json.dump(summary, f, indent=1)
+        write_atomic(os.path.join(out_dir, "refine.json"), json.dumps(summary, indent=1))
     m = summary["mean"]
     say(f"refine mean: novel views {m['psnr_before']['novel_views']:.2f} -> {m['psnr_after']['novel_views']:.2f} dB, "
          f"unseen expressions {m['psnr_before']['unseen_expressions']:.2f} -> "

@@ -16,12 +16,20 @@ from flexavatar_jax import inference
 from flexavatar_jax.config import Config, as_config
 from flexavatar_jax.data import media
 from flexavatar_jax.data.pipeline import PARAM_FIELDS
+from flexavatar_jax.files import write_atomic
 from flexavatar_jax.head import HeadParams
 from flexavatar_jax.models import batch as batch_lib
 from flexavatar_jax.models.avatar import FlexAvatar
 from flexavatar_jax.train import evaluate as ev
 from flexavatar_jax.train import inputs
-from flexavatar_jax.train.loop import Trainer, heldout_inputs, is_writer, say, train, workdir_lock
+from flexavatar_jax.train.loop import (
+    Trainer,
+    heldout_inputs,
+    is_writer,
+    say,
+    train,
+    workdir_lock,
+)
 from flexavatar_jax.train.perceptual import perceptual_loss_fn
 
 # (params, batch) -> (rgb [B,T,H,W,3], alpha [B,T,H,W,1]) as host arrays, optionally followed by the
@@ -88,17 +96,16 @@ def evaluate_workdir(config: Config | Any, workdir: str, out_dir: str | None = N
     baseline = evaluate_params(predict, untrained, world, config, perceptual, shuffle_control=False)
     gains = gain_summary(trained, baseline)
     if is_writer():
-        ev.write_results(trained, out_dir)
-        with open(os.path.join(out_dir, "eval_untrained.json"), "w") as f:
-            json.dump(ev.finite_or_none(baseline), f, indent=1)
-        with open(os.path.join(out_dir, "eval_gain.json"), "w") as f:
-            json.dump(dict(step=step, evaluator=ev.EVALUATOR_VERSION, **gains), f, indent=1)
-        with open(os.path.join(out_dir, "eval.md"), "a") as f:
-            f.write("\n\n## Trained vs untrained (held-out, all targets)\n\n| mode/views | PSNR | untrained PSNR | gain dB |"
-                    " SSIM | untrained SSIM | IoU | untrained IoU |\n|---|---|---|---|---|---|---|---|\n")
-            for k, g in gains.items():
-                f.write(f"| {k} | {g['psnr']:.2f} | {g['psnr_untrained']:.2f} | {g['psnr_gain']:+.2f} | {g['ssim']:.3f} | "
-                        f"{g['ssim_untrained']:.3f} | {g['iou']:.3f} | {g['iou_untrained']:.3f} |\n")
+        appendix = ("\n\n## Trained vs untrained (held-out, all targets)\n\n| mode/views | PSNR | untrained PSNR | "
+                    "gain dB | SSIM | untrained SSIM | IoU | untrained IoU |\n|---|---|---|---|---|---|---|---|\n")
+        for k, g in gains.items():
+            appendix += (f"| {k} | {g['psnr']:.2f} | {g['psnr_untrained']:.2f} | {g['psnr_gain']:+.2f} | {g['ssim']:.3f} | "
+                         f"{g['ssim_untrained']:.3f} | {g['iou']:.3f} | {g['iou_untrained']:.3f} |\n")
+        ev.write_results(trained, out_dir, appendix)
+        write_atomic(os.path.join(out_dir, "eval_untrained.json"), json.dumps(ev.finite_or_none(baseline), indent=1))
+        # Last: eval_gain.json marks the evaluation complete (a study point is finished once it exists).
+        write_atomic(os.path.join(out_dir, "eval_gain.json"),
+                     json.dumps(dict(step=step, evaluator=ev.EVALUATOR_VERSION, **gains), indent=1))
     for k, g in gains.items():
         say(f"eval {k}: PSNR {g['psnr']:.2f} dB (untrained {g['psnr_untrained']:.2f}, gain {g['psnr_gain']:+.2f}), "
             f"SSIM {g['ssim']:.3f}, IoU {g['iou']:.3f}")

@@ -1,0 +1,69 @@
+"""Writing files so that a kill, a full disk or an error never leaves a truncated file under the
+final name: everything is written to a temporary sibling (same directory, so the rename stays on
+one file system) and renamed over the target only once complete. The previous file, if any,
+stays intact until that rename; a failed write (e.g. `OSError(ENOSPC)`) removes its temporary
+file and re-raises.
+
+Standard library only: every layer of the package uses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import IO
+
+PathLike = str | os.PathLike
+
+
+def temporary_sibling(path: PathLike) -> str:
+    """A fresh temporary name next to `path`, keeping its suffix (writers that pick the format
+    from the suffix, e.g. an mp4 encoder, still see it)."""
+    path = os.fspath(path)
+    head, tail = os.path.split(path)
+    stem, suffix = os.path.splitext(tail)
+    return os.path.join(head, f".{stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
+
+
+@contextlib.contextmanager
+def replacing(path: PathLike) -> Iterator[str]:
+    """Yields a temporary path to write; on success it is renamed to `path` (parent folders are
+    created), on any error it is removed and `path` is left as it was."""
+    path = os.fspath(path)
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    tmp = temporary_sibling(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[IO]:
+    """`open(path, mode)` for writing ("w" or "wb"), atomically (see the module docstring)."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes whole files: mode 'w' or 'wb', got {mode!r}")
+    with replacing(path) as tmp:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_atomic(path: PathLike, data: bytes | str | Callable[[IO], None]) -> None:
+    """Write `data` (bytes, text, or a function writing to a binary file object) to `path` atomically."""
+    if callable(data):
+        with atomic_open(path, "wb") as f:
+            data(f)
+        return
+    with atomic_open(path, "w" if isinstance(data, str) else "wb") as f:
+        f.write(data)
+
+
+__all__ = ["atomic_open", "replacing", "temporary_sibling", "write_atomic"]
