@@ -167,11 +167,17 @@ def _overwrite(fv: flags.FlagValues, argv: list[str]) -> None:
 def run_make_dataset(fv: flags.FlagValues) -> None:
     from flexavatar_jax.data import locks
     from flexavatar_jax.data.make_dataset import make_dataset
+    from flexavatar_jax.files import write_atomic
     from flexavatar_jax.data.synthetic import SyntheticWorld
 
     cfg, out = _dataset_config(fv), pathlib.Path(_required(fv, "out"))
     with locks.directory_lock(out, "make-dataset"):
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        recorded = out / "config.json"
+        text = json.dumps(cfg.to_dict(), indent=2)
+        if recorded.exists() and not fv.overwrite and recorded.read_text() != text:
+            raise ValueError(f"{out} holds a dataset made with another config ({recorded}); its identity folders "
+                             "would be kept as they are: use --overwrite, or another --out")
+        write_atomic(recorded, text)
         paths = make_dataset(SyntheticWorld(cfg.synthetic), out, cfg.num_identities, cfg.split,
                              cfg.cameras_per_frame, cfg.frame_stride, cfg.val_fraction, overwrite=fv.overwrite)
     print(f"wrote {len(paths)} identity sequences under {out}")

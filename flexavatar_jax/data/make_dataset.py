@@ -4,6 +4,7 @@ that the same reader serves synthetic and real data."""
 from __future__ import annotations
 
 import pathlib
+import time
 
 import numpy as np
 from absl import logging
@@ -43,14 +44,32 @@ def write_identity(world: SyntheticWorld, identity_id: int, folder: str | pathli
 def make_dataset(world: SyntheticWorld, out: str | pathlib.Path, num_identities: int, split: str = "train",
                  cameras_per_frame: int = 4, frame_stride: int = 1, val_fraction: float = 0.1,
                  overwrite: bool = False) -> list[pathlib.Path]:
+    """Write `num_identities` synthetic identities (`split` train or heldout ids) as VHAP sequence
+    folders `out/id_XXXXXXX` (the folder is locked while it runs). An identity folder is complete
+    once its `transforms.json` exists (written last, atomically): a re-run after an interruption
+    keeps the complete ones and rewrites the others, unless `overwrite` rewrites everything. An
+    unfinished folder has no `transforms.json`, so the reader refuses it."""
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be train or heldout, got {split!r}")
     ids = train_ids(num_identities) if split == "train" else heldout_ids(num_identities)
     out = pathlib.Path(out)
     paths = []
+    kept = 0
+    t0 = time.time()
     with locks.directory_lock(out, "make-dataset"):  # one writer per dataset folder
-        for i in ids:
-            paths.append(write_identity(world, int(i), out / f"id_{int(i):07d}", cameras_per_frame, frame_stride,
-                                        val_fraction, overwrite))
-            logging.info("wrote identity %d -> %s", i, paths[-1])
+        for k, i in enumerate(ids):
+            folder = out / f"id_{int(i):07d}"
+            if (folder / "transforms.json").exists() and not overwrite:
+                # Complete (its json is written last): a re-run after an interruption resumes here.
+                paths.append(folder)
+                kept += 1
+                continue
+            paths.append(write_identity(world, int(i), folder, cameras_per_frame, frame_stride, val_fraction,
+                                        overwrite))
+            done = k + 1 - kept
+            rate = done / max(time.time() - t0, 1e-9)
+            logging.info("identity %d/%d -> %s (%.2f identities/s, ETA %.0f s)", k + 1, len(ids), folder, rate,
+                         (len(ids) - k - 1) / rate)
+    if kept:
+        logging.info("kept %d complete identity folders from an earlier run", kept)
     return paths
