@@ -3,7 +3,10 @@
 Saving is asynchronous and keeps the newest `keep` steps. `restore_latest` restores onto whatever
 shardings the abstract target carries (so a run can resume on a different mesh) and, when the
 newest step is unreadable (an interrupted write, a corrupt file), says so and falls back to the
-previous one.
+previous one. A save that fails (a full disk, a quota) surfaces — at that save, the next one or
+`wait` — as `CheckpointWriteError` naming the directory and the newest complete step, which is
+left intact (orbax writes a step into a temporary folder and renames it when complete), so the
+same command resumes from it once the cause is fixed.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from flexavatar_jax.inference.params import CHECKPOINT_ITEMS
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the newest complete one is intact."""
 
 
 class Checkpointer:
@@ -34,7 +41,17 @@ class Checkpointer:
         items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config))
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        try:
+            return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        except Exception as e:  # noqa: BLE001 - orbax reports write failures as ValueError/OSError/...
+            raise self._write_error(e) from e
+
+    def _write_error(self, error: Exception) -> CheckpointWriteError:
+        first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        steps = self.all_steps()
+        intact = f"the newest complete checkpoint, step {steps[-1]}, is intact" if steps else "no checkpoint is complete"
+        return CheckpointWriteError(f"writing a checkpoint in {self.directory} failed ({first[:400]}); {intact}: "
+                                    "free space (or fix the cause) and re-run the same command to resume")
 
     def restore(self, step: int, abstract_state: Any, data_iterator: Any | None) -> tuple[Any, dict]:
         items = dict(state=ocp.args.StandardRestore(abstract_state), config=ocp.args.JsonRestore())
@@ -60,10 +77,13 @@ class Checkpointer:
         return None
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise self._write_error(e) from e
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()
 
 
