@@ -113,11 +113,7 @@ def _run(study: Study, root: str, max_points: int | None, extra_args: tuple[str,
         print(f"[{k + 1}/{len(pts)}] {point.name}: {verb} {point.steps} steps "
               f"({time.time() - t_start:.0f} s into this run{eta})", flush=True)
         t0 = time.time()
-        argv = [sys.executable, "-m", "flexavatar_jax.cli", *train_argv(study, point, root), *extra_args]
-        with open(os.path.join(workdir, "train.log"), "a") as log:
-            proc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT)
-        if proc.returncode != 0:
-            raise RuntimeError(f"point {point.name} failed (exit {proc.returncode}); see {workdir}/train.log")
+        _cli(train_argv(study, point, root), extra_args, os.path.join(workdir, "train.log"), f"point {point.name}")
         trained += 1
         done_seconds += time.time() - t0
         done_steps += point.steps
@@ -128,6 +124,15 @@ def _run(study: Study, root: str, max_points: int | None, extra_args: tuple[str,
     return {p.name: point_status(root, p)[0] for p in pts}
 
 
+def _cli(args: list[str], extra_args: tuple[str, ...], log_path: str, what: str) -> None:
+    """One `flexavatar-jax` command as a child process, its output appended to `log_path`."""
+    argv = [sys.executable, "-m", "flexavatar_jax.cli", *args, *extra_args]
+    with open(log_path, "a") as log:
+        proc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}); see {log_path}")
+
+
 def _refine(study: Study, point: Point, root: str, extra_args: tuple[str, ...], tag: str) -> None:
     """Refine a finished `refine_variants` point that has no refine.json yet (log: refine.log)."""
     workdir = point_workdir(root, point)
@@ -136,11 +141,7 @@ def _refine(study: Study, point: Point, root: str, extra_args: tuple[str, ...], 
         return
     print(f"{tag} {point.name}: refining held-out identities", flush=True)
     t0 = time.time()
-    argv = [sys.executable, "-m", "flexavatar_jax.cli", *refine_argv(study, point, root), *extra_args]
-    with open(os.path.join(workdir, "refine.log"), "a") as log:
-        proc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"refining point {point.name} failed (exit {proc.returncode}); see {workdir}/refine.log")
+    _cli(refine_argv(study, point, root), extra_args, os.path.join(workdir, "refine.log"), f"refining point {point.name}")
     print(f"{tag} {point.name}: refined in {time.time() - t0:.0f} s", flush=True)
 
 
