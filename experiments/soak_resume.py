@@ -72,8 +72,8 @@ def logged_losses(workdir: str) -> list[tuple[int, float]]:
                 row = json.loads(line)
             except ValueError:
                 continue
-            if "loss" in row:
-                out.append((int(row["step"]), float(row["loss"])))
+            if "loss/total" in row:
+                out.append((int(row["step"]), float(row["loss/total"])))
     return out
 
 
