@@ -45,24 +45,29 @@ def replacing(path: PathLike) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[IO]:
-    """`open(path, mode)` for writing ("w" or "wb"), atomically (see the module docstring)."""
+def atomic_open(path: PathLike, mode: str = "wb", durable: bool = True) -> Iterator[IO]:
+    """`open(path, mode)` for writing ("w" or "wb"), atomically (see the module docstring). With
+    `durable` the data are flushed to the disk (fsync) before the rename, so a power cut cannot
+    leave an empty file under the name either; files that are rebuilt when unreadable (caches)
+    can skip that cost."""
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes whole files: mode 'w' or 'wb', got {mode!r}")
     with replacing(path) as tmp:
         with open(tmp, mode) as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
 
 
-def write_atomic(path: PathLike, data: bytes | str | Callable[[IO], None]) -> None:
-    """Write `data` (bytes, text, or a function writing to a binary file object) to `path` atomically."""
+def write_atomic(path: PathLike, data: bytes | str | Callable[[IO], None], durable: bool = True) -> None:
+    """Write `data` (bytes, text, or a function writing to a binary file object) to `path`
+    atomically (`durable`: see `atomic_open`)."""
     if callable(data):
-        with atomic_open(path, "wb") as f:
+        with atomic_open(path, "wb", durable) as f:
             data(f)
         return
-    with atomic_open(path, "w" if isinstance(data, str) else "wb") as f:
+    with atomic_open(path, "w" if isinstance(data, str) else "wb", durable) as f:
         f.write(data)
 
 

@@ -50,7 +50,7 @@ def save_arrays(path: str, arrays: dict[str, np.ndarray]) -> None:
     """`arrays` as an uncompressed `.npz` at `path`, atomically."""
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    write_atomic(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue(), durable=False)  # an unreadable entry is rebuilt: no fsync needed
 
 
 def load_arrays(path: str) -> dict[str, np.ndarray] | None:

@@ -20,7 +20,7 @@ import os
 import numpy as np
 
 from flexavatar_jax.files import replacing, write_atomic
-from flexavatar_jax.studies.report import SHOWN, _ci, _quiet, read_point
+from flexavatar_jax.studies.report import SHOWN, _ci, _mean_ci, _quiet, read_point
 from flexavatar_jax.studies.spec import Study, points
 from flexavatar_jax.train.evaluate import finite_or_none
 
@@ -80,12 +80,9 @@ def verdict(diff: dict, sign: str) -> str:
 
 
 def _mean_entry(values: np.ndarray, rng: np.random.Generator, bootstrap: int) -> dict:
-    """Mean of [seeds, identities] values with a 95% bootstrap interval over both."""
-    with _quiet():
-        s, i = values.shape
-        boots = [np.nanmean(values[rng.integers(0, s, s)][:, rng.integers(0, i, i)]) for _ in range(bootstrap)]
-        return {"mean": float(np.nanmean(values)),
-                "ci": [float(np.nanpercentile(boots, 2.5)), float(np.nanpercentile(boots, 97.5))], "seeds": s}
+    """`report._mean_ci` of [seeds, identities] values as a table entry."""
+    mean, ci = _mean_ci(values, rng, bootstrap)
+    return {"mean": mean, "ci": ci, "seeds": values.shape[0]}
 
 
 def read_refinement(root: str, study: Study) -> dict[str, dict[int, dict[str, np.ndarray]]]:
@@ -200,8 +197,9 @@ def write_ablation_report(study: Study, root: str, bootstrap: int = 1000, out_di
                               "points": [{k: v for k, v in p.items() if k != "cells"} for p in rep["points"]]})
     write_atomic(os.path.join(out_dir, "results.json"),
                  json.dumps(results, indent=1, allow_nan=False, default=lambda x: None))
+    baseline = study.variants[0][0]
     md = [f"# Ablation study {study.name}", "", f"Base `{study.base_config}`, seeds {list(study.seeds)}, "
-          f"baseline variant `{study.variants[0][0]}`. Mean [95% bootstrap interval over held-out identities and "
+          f"baseline variant `{baseline}`. Mean [95% bootstrap interval over held-out identities and "
           "seeds].", "", "## Points", "", "| point | status | steps |", "|---|---|---|"]
     md += [f"| {p['name']} | {p['status']}{' (' + p['reason'] + ')' if p['reason'] else ''} | {p['last_step']}/{p['steps']} |"
            for p in rep["points"]]
@@ -217,7 +215,6 @@ def write_ablation_report(study: Study, root: str, bootstrap: int = 1000, out_di
             entries = [rep["table"].get(name, {}).get("/".join((*cell, m))) for m in MAIN_METRICS]
             md.append(f"| {name} | " + " | ".join("–" if e is None else _ci(e, 4 if m in ("ssim", "iou") else 2)
                                                   for e, m in zip(entries, MAIN_METRICS)) + " |")
-    baseline = study.variants[0][0]
     md += ["", f"## Input views (`{baseline}`): PSNR by split", "",
            "| mode | views | " + " | ".join(VIEW_SPLITS) + " |", "|---|---|" + "---|" * len(VIEW_SPLITS)]
     for mode in ("self", "cross"):

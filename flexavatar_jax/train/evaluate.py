@@ -85,13 +85,17 @@ def _depth_error_mm(pred_depth, pred_alpha, depth, alpha):
 _MOUTH_BOXES: dict = {}
 
 
-def mouth_boxes(head, batch: dict[str, np.ndarray], size: int):
-    """`losses.mouth_boxes` of an eval batch's targets (jitted once per head model and size)."""
+def with_mouth_boxes(eval_set: dict[str, np.ndarray], head) -> dict[str, np.ndarray]:
+    """The eval set with `target_mouth_boxes [N,T,H,W,1]` (bool): `losses.mouth_boxes` of every
+    target under `head`, the head model the set was rendered with. Computed once per set: every
+    view count and the shuffle control score the same targets."""
+    size = eval_set["target_images"].shape[-2]
     key = (id(head), size)
-    if key not in _MOUTH_BOXES:
+    if key not in _MOUTH_BOXES:  # jitted once per head model and image size (the entry keeps `head` alive)
         _MOUTH_BOXES[key] = (head, jax.jit(lambda p, v, k: losses.mouth_boxes(head, p, v, k, size)))
-    params = HeadParams(**{f: jnp.asarray(batch[f"target_{f}"]) for f in PARAM_FIELDS})
-    return _MOUTH_BOXES[key][1](params, jnp.asarray(batch["target_viewmats"]), jnp.asarray(batch["target_Ks"]))
+    params = HeadParams(**{f: jnp.asarray(eval_set[f"target_{f}"]) for f in PARAM_FIELDS})
+    boxes = _MOUTH_BOXES[key][1](params, jnp.asarray(eval_set["target_viewmats"]), jnp.asarray(eval_set["target_Ks"]))
+    return {**eval_set, "target_mouth_boxes": np.asarray(boxes) > 0}
 
 
 @jax.jit
@@ -120,15 +124,14 @@ def split_masks(marginal: np.ndarray, azimuth_deg: np.ndarray) -> dict[str, np.n
 
 
 def evaluate(predict_fn: PredictFn, eval_set: dict[str, np.ndarray], *,
-             perceptual: Callable[[Any, Any], Any] | None = None, batch_size: int = 4,
-             head=None) -> dict[str, Any]:
+             perceptual: Callable[[Any, Any], Any] | None = None, batch_size: int = 4) -> dict[str, Any]:
     """Metrics of `predict_fn` on an eval set.
 
     `predict_fn(batch) -> (rgb [B,T,H,W,3], alpha [B,T,H,W,1])` gets `batch_size` rows of the eval
     set (the last batch is padded by repeating the final row, so a jitted predictor compiles once)
     and renders every target; predictions are scored as given (no clipping). Per target: PSNR (dB,
-    full image, capped at `PSNR_CAP_DB`), `psnr_head` (module docstring), `psnr_mouth` (only with
-    the eval set's `head` model), SSIM, LPIPS (only with `perceptual(pred, target) -> [...]`,
+    full image, capped at `PSNR_CAP_DB`), `psnr_head` (module docstring), `psnr_mouth` (only when
+    the eval set has `target_mouth_boxes`, see `with_mouth_boxes`), SSIM, LPIPS (only with `perceptual(pred, target) -> [...]`,
     e.g. an `LPIPSLoss`), the silhouette IoU of alpha, and `depth_err_mm`, `offset_mm` when
     `predict_fn` also returns its geometry dict (and the eval set has `target_depths`).
 
@@ -151,8 +154,8 @@ def evaluate(predict_fn: PredictFn, eval_set: dict[str, np.ndarray], *,
                              f"{gt_rgb.shape} and {gt_alpha.shape}")
         rgb, alpha = jnp.asarray(rgb, jnp.float32), jnp.asarray(alpha, jnp.float32)
         values = dict(zip(("psnr", "psnr_head", "ssim", "iou"), _image_metrics(rgb, alpha, gt_rgb, gt_alpha)))
-        if head is not None:
-            values["psnr_mouth"] = _mouth_psnr(rgb, gt_rgb, mouth_boxes(head, batch, gt_rgb.shape[-2]))
+        if "target_mouth_boxes" in batch:
+            values["psnr_mouth"] = _mouth_psnr(rgb, gt_rgb, batch["target_mouth_boxes"])
         if geometry is not None and "target_depths" in batch:
             values["depth_err_mm"] = _depth_error_mm(jnp.asarray(geometry["depth"], jnp.float32), alpha,
                                                      batch["target_depths"], gt_alpha)
@@ -178,16 +181,14 @@ def _difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def evaluate_with_control(predict_fn: PredictFn, eval_set: dict[str, np.ndarray], *, shuffle_control: bool,
-                          perceptual: Callable[[Any, Any], Any] | None = None, batch_size: int = 4,
-                          head=None) -> dict[str, Any]:
+                          perceptual: Callable[[Any, Any], Any] | None = None, batch_size: int = 4) -> dict[str, Any]:
     """`evaluate`, and with `shuffle_control` also `"shuffled"` (the same targets from the next
     identity's inputs: `{split: summary}`), `"identity_gain"` (own − shuffled, `{split: summary}`)
     and the per-target `<metric>_shuffled` lists."""
-    own = evaluate(predict_fn, eval_set, perceptual=perceptual, batch_size=batch_size, head=head)
+    own = evaluate(predict_fn, eval_set, perceptual=perceptual, batch_size=batch_size)
     if not shuffle_control:
         return own
-    other = evaluate(predict_fn, with_inputs_of_next(eval_set), perceptual=perceptual, batch_size=batch_size,
-                     head=head)
+    other = evaluate(predict_fn, with_inputs_of_next(eval_set), perceptual=perceptual, batch_size=batch_size)
     own["shuffled"] = {split: other[split] for split in SPLITS}
     own["identity_gain"] = {split: _difference(own[split], other[split]) for split in SPLITS}
     own["per_target"].update({f"{name}_shuffled": other["per_target"][name] for name in METRICS
@@ -208,11 +209,11 @@ def run_evaluation(predict_fn: PredictFn, world: SyntheticWorld, identity_ids: S
         raise ValueError("run_evaluation: no view counts given")
     results: dict[str, dict[str, dict]] = {}
     for mode in modes:
-        full = cached_eval_set(world, identity_ids, max(views), num_targets, mode, seed, cache_dir)
+        full = with_mouth_boxes(cached_eval_set(world, identity_ids, max(views), num_targets, mode, seed, cache_dir),
+                                world.model)
         results[mode] = {f"{v}_views": evaluate_with_control(predict_fn, with_num_views(full, v),
                                                              shuffle_control=shuffle_control, perceptual=perceptual,
-                                                             batch_size=batch_size, head=world.model)
-                         for v in views}
+                                                             batch_size=batch_size) for v in views}
     return results
 
 
@@ -275,4 +276,4 @@ def write_results(results: dict, out_dir: str | os.PathLike, appendix: str = "")
 
 
 __all__ = ["METRICS", "PSNR_CAP_DB", "SPLITS", "evaluate", "evaluate_with_control", "finite_or_none", "flat_summary",
-           "markdown_table", "run_evaluation", "split_masks", "write_results"]
+           "markdown_table", "run_evaluation", "split_masks", "with_mouth_boxes", "write_results"]

@@ -154,18 +154,18 @@ class Trainer:
         return jax.tree.map(np.asarray, out)
 
 
-def heldout_inputs(config: Config, world, num_views: int, needs_cameras: bool) -> tuple[dict, dict]:
-    """`Trainer.reconstruct` arguments for the first held-out identity from `num_views` views
-    (images; with `needs_cameras` also its input cameras and tracked params), for turntables, and
-    its one-target eval set."""
+def heldout_inputs(config: Config, world, num_views: int, needs_cameras: bool) -> tuple[np.ndarray, dict, dict]:
+    """The first held-out identity from `num_views` views, for turntables: (images, the keyword
+    arguments `Trainer.reconstruct` also needs — input cameras and tracked params with
+    `needs_cameras`, else none —, its one-target eval set)."""
     ident = int(inputs.heldout(config)[0])
     es = eval_sets.build_eval_set(world, [ident], num_views=num_views, num_targets=1, mode="self", seed=config.eval.seed)
     n = int(es["num_inputs"][0])
-    out = {"images": es["input_images"][0, :n]}
+    annotations = {}
     if needs_cameras:
-        out.update(viewmats=es["input_viewmats"][0, :n], Ks=es["input_Ks"][0, :n],
-                   tracked=HeadParams(**{f: es[f"input_{f}"][0, :n] for f in PARAM_FIELDS}))
-    return out, es
+        annotations = dict(viewmats=es["input_viewmats"][0, :n], Ks=es["input_Ks"][0, :n],
+                           tracked=HeadParams(**{f: es[f"input_{f}"][0, :n] for f in PARAM_FIELDS}))
+    return es["input_images"][0, :n], annotations, es
 
 
 def periodic_evaluator(trainer: Trainer, config: Config, world):
@@ -257,7 +257,7 @@ def _train(config: Config, workdir: str, stop_after: int | None, devices) -> dic
     t_log, s_log = time.time(), start
     metrics = None
     step = start
-    heldout_views = (heldout_inputs(config, world, min(4, config.data.max_inputs), trainer.system.needs_cameras())[0]
+    heldout_views = (heldout_inputs(config, world, min(4, config.data.max_inputs), trainer.system.needs_cameras())[:2]
                      if config.train.image_every and world is not None else None)
     every = config.train.eval_every
     periodic = periodic_evaluator(trainer, config, world) if every and world is not None else None
@@ -290,8 +290,8 @@ def _train(config: Config, workdir: str, stop_after: int | None, devices) -> dic
                 media.save_image(os.path.join(workdir, "images", f"train_{done:07d}.png"),
                                  image_grid(batch, rgb[: len(batch["input_images"])]))
             if heldout_views is not None:
-                avatar = trainer.reconstruct(state.params, heldout_views["images"],
-                                             **{k: v for k, v in heldout_views.items() if k != "images"})
+                images, annotations = heldout_views
+                avatar = trainer.reconstruct(state.params, images, **annotations)
                 frames = inference.turntable_frames(system, state.params, avatar, num_frames=8)
                 if is_writer():
                     media.save_image(os.path.join(workdir, "images", f"heldout_turntable_{done:07d}.png"),

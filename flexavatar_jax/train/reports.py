@@ -117,8 +117,8 @@ def turntable(trainer: Trainer, params: Any, world, config: Config, path: str, n
     """Reconstruct the first held-out identity from `num_views` views and render a 360° orbit of it
     (at the expression and jaw/eye pose of one of its own frames) to a GIF."""
     system = trainer.system
-    views, es = heldout_inputs(config, world, num_views, system.needs_cameras())
-    avatar = trainer.reconstruct(params, views.pop("images"), **views)
+    images, annotations, es = heldout_inputs(config, world, num_views, system.needs_cameras())
+    avatar = trainer.reconstruct(params, images, **annotations)
     target = HeadParams(**{f: es[f"target_{f}"][0, 0] for f in PARAM_FIELDS})
     # Its expression, jaw and eyes; no global/neck pose or translation (the orbit is the motion).
     frame = system.head.zero_params().replace(expression=target.expression, jaw_pose=target.jaw_pose,

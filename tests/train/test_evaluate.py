@@ -205,7 +205,7 @@ def test_mouth_psnr_is_the_psnr_inside_the_projected_mouth_box(world, self_set):
     assert boxes.any(axis=(2, 3, 4)).sum() >= self_set["target_images"].shape[1]  # mouths are in view
     delta = 0.1
     inside = ev.evaluate(lambda b: (b["target_images"] + delta * _rows_of(boxes, b), b["target_alphas"]),
-                         self_set, batch_size=3, head=world.model)
+                         ev.with_mouth_boxes(self_set, world.model), batch_size=3)
     has_box = boxes.any(axis=(2, 3, 4))
     per = np.asarray(inside["per_target"]["psnr_mouth"], np.float64)
     np.testing.assert_allclose(per[has_box], 20 * np.log10(1 / delta), atol=1e-3)
@@ -215,9 +215,9 @@ def test_mouth_psnr_is_the_psnr_inside_the_projected_mouth_box(world, self_set):
     expected = np.where(share > 0, -10 * np.log10(np.maximum(delta**2 * share, 1e-30)), ev.PSNR_CAP_DB)
     np.testing.assert_allclose(inside["per_target"]["psnr"], np.minimum(expected, ev.PSNR_CAP_DB), atol=1e-3)
     outside = ev.evaluate(lambda b: (b["target_images"] + delta * (1 - _rows_of(boxes, b)), b["target_alphas"]),
-                          self_set, batch_size=3, head=world.model)
+                          ev.with_mouth_boxes(self_set, world.model), batch_size=3)
     np.testing.assert_allclose(np.asarray(outside["per_target"]["psnr_mouth"])[has_box], ev.PSNR_CAP_DB)
-    assert ev.evaluate(oracle, self_set)["all"]["psnr_mouth"] is None  # no head model: not computed
+    assert ev.evaluate(oracle, self_set)["all"]["psnr_mouth"] is None  # no mouth boxes: not computed
 
 
 def _rows_of(per_row: np.ndarray, batch) -> np.ndarray:
