@@ -42,22 +42,15 @@ FLAGS = flags.FLAGS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _flag(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (tuple, list)):
-        return "(" + ",".join(_flag(x) for x in v) + ("," if len(v) == 1 else "") + ")"
-    return str(v)
-
-
 def train_argv(workdir: str, steps: int) -> list[str]:
     from flexavatar_jax.configs.studies.identity_scaling import MICRO
+    from flexavatar_jax.studies.spec import override_flags
 
     overrides = {**MICRO, "train.checkpoint_every": 1, "train.eval_every": 0, "train.log_every": 1,
                  "data.num_identities": 4, "eval.views": (1,), "eval.num_identities": 2, "eval.num_targets": 1,
                  "train.steps": steps}
     return [sys.executable, "-m", "flexavatar_jax.cli", "train", f"--config={ROOT}/configs/flexavatar.py:tiny",
-            *(f"--config.{k}={_flag(v)}" for k, v in sorted(overrides.items())), f"--workdir={workdir}"]
+            *override_flags(sorted(overrides.items())), f"--workdir={workdir}"]
 
 
 def logged_losses(workdir: str) -> list[tuple[int, float]]:
@@ -75,6 +68,16 @@ def logged_losses(workdir: str) -> list[tuple[int, float]]:
             if "loss/total" in row:
                 out.append((int(row["step"]), float(row["loss/total"])))
     return out
+
+
+def checkpoint_writes(workdir: str) -> list[str]:
+    """Checkpoint steps being written now: orbax writes a step into a temporary folder (a name
+    that is not a bare step number) and renames it when complete."""
+    d = os.path.join(workdir, "checkpoints")
+    try:
+        return sorted(n for n in os.listdir(d) if not n.isdigit() and not n.startswith("."))
+    except FileNotFoundError:
+        return []
 
 
 def final_params(workdir: str) -> dict[str, np.ndarray]:
@@ -109,17 +112,19 @@ def main(argv) -> int:
         last_before = before[-1][0] if before else 0
         proc = subprocess.Popen(train_argv(soak, FLAGS.steps), env=env, stdout=log, stderr=subprocess.STDOUT)
         if len(kills) < FLAGS.kills:
-            # Wait for this attempt to log a step of its own, then kill a random moment later.
-            while proc.poll() is None and len(logged_losses(soak)) <= len(before):
+            # Wait for this attempt to log 1-3 steps of its own, then kill a random moment later.
+            new_steps = rng.randint(1, 3)
+            while proc.poll() is None and len(logged_losses(soak)) < len(before) + new_steps:
                 time.sleep(0.05)
             if proc.poll() is None:
                 time.sleep(rng.uniform(0.0, FLAGS.max_delay))
                 if proc.poll() is None:
+                    writing = checkpoint_writes(soak)  # just before the kill (a write may end in between)
                     proc.send_signal(signal.SIGKILL)
                     proc.wait()
                     rows = logged_losses(soak)
                     kills.append({"attempt": attempts, "last_logged_step": rows[-1][0] if rows else 0,
-                                  "last_step_before_attempt": last_before})
+                                  "last_step_before_attempt": last_before, "checkpoint_being_written": writing})
                     done = len(kills)
                     rate = done / (time.time() - t0)
                     print(f"kill {done}/{FLAGS.kills} at step {kills[-1]['last_logged_step']} "
@@ -138,6 +143,8 @@ def main(argv) -> int:
         m = re.search(r"resumed from \S+ at step (\d+)", text)
         k["resumed_at"] = int(m.group(1)) if m else 0
         k["replayed_steps"] = max(0, k["last_logged_step"] - k["resumed_at"])
+    # Survived: the next attempt resumed from a complete checkpoint (or from scratch when none was
+    # complete yet) no later than the last logged step; the run's end is compared below.
     survived = sum(1 for k in kills if k["resumed_at"] <= k["last_logged_step"])
     ref_losses = dict(logged_losses(ref))
     soak_losses = dict(logged_losses(soak))  # the last time each step was logged
@@ -145,7 +152,9 @@ def main(argv) -> int:
     differing = sorted(s for s in ref_losses if s in soak_losses and soak_losses[s] != ref_losses[s])
     (ref_step, ref_params), (soak_step, soak_params) = final_params(ref), final_params(soak)
     unequal = sorted(k for k in ref_params if not np.array_equal(ref_params[k], soak_params.get(k)))
+    during_write = sum(1 for k in kills if k["checkpoint_being_written"])
     result = {"kills_attempted": FLAGS.kills, "kills_made": len(kills), "kills_survived": survived,
+              "kills_while_a_checkpoint_was_written": during_write,
               "attempts": attempts, "steps": FLAGS.steps, "replayed_steps": sum(k["replayed_steps"] for k in kills),
               "skipped_steps": skipped, "steps_with_different_loss": differing,
               "final_step": {"reference": ref_step, "soak": soak_step}, "params_leaves": len(ref_params),
@@ -153,7 +162,8 @@ def main(argv) -> int:
     with open(os.path.join(FLAGS.out, "soak.json"), "w") as f:
         json.dump(result, f, indent=1)
     ok = survived == len(kills) == FLAGS.kills and not skipped and not differing and not unequal
-    print(f"kills survived {survived}/{len(kills)} (of {FLAGS.kills} planned); steps replayed "
+    print(f"kills survived {survived}/{len(kills)} (of {FLAGS.kills} planned; {during_write} while a checkpoint "
+          f"was being written); steps replayed "
           f"{result['replayed_steps']}, skipped {len(skipped)}, with a different loss {len(differing)}; final params "
           f"{'bitwise equal' if not unequal else f'DIFFER in {len(unequal)} leaves'} "
           f"({len(ref_params)} leaves); wrote {FLAGS.out}/soak.json", flush=True)

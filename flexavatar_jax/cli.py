@@ -6,6 +6,7 @@
     flexavatar-jax preview-data --config configs/synthetic_data.py:tiny --out DIR
     flexavatar-jax summary --config configs/flexavatar.py:base
     flexavatar-jax train --config configs/flexavatar.py:tiny --workdir out/tiny   (re-run to resume)
+        [--coordinator HOST:PORT --num_processes N --process_id I]   (multi-host: one per process)
     flexavatar-jax eval --config configs/flexavatar.py:tiny --workdir out/tiny
     flexavatar-jax refine --config configs/flexavatar.py:tiny --workdir out/tiny
     flexavatar-jax reconstruct --config ... --workdir out/tiny (--images a.png,b.png | --identity 1000000) --out me.npz
@@ -226,10 +227,39 @@ def run_summary(fv: flags.FlagValues) -> None:
     print(summary(_run_config(fv), fv.print_param_paths))
 
 
+def _distributed_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+    flags.DEFINE_string("coordinator", None, "Multi-host: host:port of process 0's coordinator service (the same on "
+                        "every process); with --num_processes and --process_id. Without them, "
+                        "--config.train.distributed=True detects a cluster (SLURM, Open MPI, Cloud TPU, ...).",
+                        flag_values=fv)
+    flags.DEFINE_integer("num_processes", None, "Multi-host: the number of processes.", flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "Multi-host: this process's index, 0 .. num_processes-1.", flag_values=fv)
+
+
+def _initialize_distributed(fv: flags.FlagValues) -> None:
+    """`jax.distributed.initialize` from --coordinator/--num_processes/--process_id (all or none),
+    before anything touches a JAX backend."""
+    given = {n: fv[n].value for n in ("coordinator", "num_processes", "process_id")}
+    if all(v is None for v in given.values()):
+        return
+    missing = [f"--{n}" for n, v in given.items() if v is None]
+    if missing:
+        raise UsageError(f"a multi-host run needs --coordinator, --num_processes and --process_id; "
+                         f"missing {', '.join(missing)}")
+    if given["num_processes"] < 1 or not 0 <= given["process_id"] < given["num_processes"]:
+        raise UsageError(f"--process_id={given['process_id']} is not in 0..{given['num_processes'] - 1} "
+                         f"(--num_processes={given['num_processes']})")
+    from flexavatar_jax.train.loop import initialize_distributed
+
+    initialize_distributed(given["coordinator"], given["num_processes"], given["process_id"])
+
+
 def run_train(fv: flags.FlagValues) -> None:
     from flexavatar_jax.train.reports import train_and_evaluate
 
-    train_and_evaluate(_run_config(fv), _required(fv, "workdir"))
+    config, workdir = _run_config(fv), _required(fv, "workdir")
+    _initialize_distributed(fv)
+    train_and_evaluate(config, workdir)
 
 
 def run_eval(fv: flags.FlagValues) -> None:
@@ -378,7 +408,8 @@ COMMANDS: dict[str, Command] = {
                             _flags(_DATASET, _out(None, "Output directory.")), run_preview_data),
     "summary": Command("Parameter counts per module and Gaussians per avatar (nothing is allocated).",
                        _flags(_config_flag("configs/flexavatar.py:base"), _summary_flags), run_summary),
-    "train": Command("Train (re-run to resume), then evaluate on held-out identities.", _RUN, run_train),
+    "train": Command("Train (re-run to resume), then evaluate on held-out identities.",
+                     _flags(_RUN, _distributed_flags), run_train),
     "eval": Command("Held-out evaluation of the newest checkpoint against the untrained model.", _RUN, run_eval),
     "refine": Command("Per-identity refinement of held-out identities, PSNR before/after.", _RUN, run_refine),
     "reconstruct": Command("An avatar file from 1-4 photos or a synthetic identity.",

@@ -79,6 +79,10 @@ CASES = {
     "bad video suffix": (["animate", TINY, "--avatar=avatar_nan.npz", "--driver_identity=0", "--out=a.avi",
                           "--workdir=empty_workdir"], 1, "a.avi"),
     "missing study": (["sweep", "plan", "--study=nowhere.py:tiny", "--root=r"], 1, "nowhere.py"),
+    "multi-host flags incomplete": (["train", TINY, "--workdir=w", "--coordinator=localhost:1", "--process_id=0"], 2,
+                                    "--num_processes"),
+    "multi-host process id": (["train", TINY, "--workdir=w", "--coordinator=localhost:1", "--num_processes=2",
+                               "--process_id=2"], 2, "--process_id=2"),
 }
 
 

@@ -269,6 +269,12 @@ def _flag_value(v: Any) -> str:
     return str(v)
 
 
+def override_flags(overrides) -> list[str]:
+    """`--config.a.b=value` command-line flags of (dotted field, value) pairs (or a dict)."""
+    items = overrides.items() if isinstance(overrides, dict) else overrides
+    return [f"--config.{k}={_flag_value(v)}" for k, v in items]
+
+
 def point_workdir(root: str, point: Point) -> str:
     return os.path.join(root, point.name)
 
@@ -276,7 +282,7 @@ def point_workdir(root: str, point: Point) -> str:
 def train_argv(study: Study, point: Point, root: str) -> list[str]:
     """The `train` arguments of one point (after the program name)."""
     args = ["train", f"--config={study.base_config}"]
-    args += [f"--config.{k}={_flag_value(v)}" for k, v in point_overrides(study, point, root)]
+    args += override_flags(point_overrides(study, point, root))
     return args + [f"--workdir={point_workdir(root, point)}"]
 
 
@@ -303,5 +309,5 @@ def train_command(study: Study, point: Point, root: str, program: str = "flexava
 
 
 __all__ = ["COMPUTE_POLICIES", "Point", "Study", "base_config", "load_config_file", "load_study", "point_config",
-           "point_steps", "point_workdir", "points", "refine_argv", "refines", "resolve_config_path", "train_argv",
+           "override_flags", "point_steps", "point_workdir", "points", "refine_argv", "refines", "resolve_config_path", "train_argv",
            "train_command"]

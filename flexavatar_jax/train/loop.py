@@ -211,12 +211,26 @@ def train(config: Config, workdir: str, *, stop_after: int | None = None,
         return _train(config, workdir, stop_after, devices)
 
 
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None, timeout_s: int = 300) -> None:
+    """Join a multi-process run (`jax.distributed.initialize`) before any JAX computation: explicit
+    (coordinator `host:port`, process count and index — e.g. several processes on one machine, or
+    hosts without a cluster manager) or, with none given, detected from the cluster's environment.
+    On CPU the processes' collectives go through gloo (JAX's default). Every process waits at most
+    `timeout_s` for the others to join."""
+    if jax.distributed.is_initialized():
+        return
+    jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=timeout_s)
+    logging.info("process %d of %d joined the run (coordinator %s); %d local, %d global devices",
+                 jax.process_index(), jax.process_count(), coordinator, jax.local_device_count(), jax.device_count())
+
+
 @contextlib.contextmanager
 def workdir_lock(config: Config, workdir: str, command: str):
     """`locks.directory_lock` of the workdir, taken by the writing process only (after
     `jax.distributed.initialize()` for a multi-host run, which must precede any JAX call)."""
-    if config.train.distributed and not jax.distributed.is_initialized():
-        jax.distributed.initialize()
+    if config.train.distributed:
+        initialize_distributed()
     if not is_writer():
         os.makedirs(workdir, exist_ok=True)
         yield
