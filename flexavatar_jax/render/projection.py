@@ -3,9 +3,9 @@
 For every (camera, Gaussian) pair this computes the image-space mean, camera depth, conic
 (inverse 2D covariance), per-axis pixel radii, the tile rectangle the splat touches and whether it
 survives culling. Everything is vectorised over `[V, N]`, jit/vmap/grad friendly, and safe for
-degenerate input: non-finite parameters, Gaussians outside the near/far range and singular
-covariances are culled through the "double where" pattern, so neither the outputs nor the
-gradients of the surviving Gaussians see NaN/inf from the culled ones.
+degenerate input: non-finite parameters, Gaussians outside the near/far range, singular
+covariances and anything that overflows are culled, in one pass that keeps every intermediate the
+backward pass multiplies by finite, so neither the outputs nor the gradients see NaN/inf.
 
 Conventions (the project's, everywhere): OpenCV world->camera `viewmats`, pixel intrinsics `Ks` with pixel
 centres at +0.5, quaternions wxyz (normalised here), linear scales, opacities in [0, 1].
@@ -57,51 +57,95 @@ def _all_finite(x: Array) -> Array:
     return jnp.all(jnp.isfinite(x), axis=-1)
 
 
+def _rotation_entries(quats: Float[Array, "*b 4"]) -> tuple[tuple[Array, ...], ...]:
+    """The 3×3 rotation of wxyz quaternions (normalised here) as nested tuples of [*b] arrays.
+
+    The projection works on such per-entry arrays (structure of arrays) rather than [..., 3, 3]
+    blocks: XLA:CPU runs the elementwise math and, above all, its autodiff transpose several
+    times faster on contiguous [V, N] arrays than on tiny trailing matrix axes."""
+    norm2 = jnp.sum(quats * quats, axis=-1)
+    usable = (norm2 > 1e-24) & jnp.isfinite(norm2)
+    inv = jnp.where(usable, jnp.reciprocal(jnp.sqrt(jnp.where(usable, norm2, 1.0))), 1.0)
+    w, x, y, z = (jnp.where(usable, quats[..., i], float(i == 0)) * inv for i in range(4))
+    return (
+        (1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)),
+        (2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)),
+        (2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)),
+    )
+
+
 def quat_to_rotmat(quats: Float[Array, "*b 4"]) -> Float[Array, "*b 3 3"]:
     """Rotation matrices from wxyz quaternions, normalised here.
 
     A zero (or non-finite) quaternion maps to the identity with a zero gradient, instead of NaN.
     """
-    norm2 = jnp.sum(quats * quats, axis=-1, keepdims=True)
-    usable = (norm2 > 1e-24) & jnp.isfinite(norm2)
-    identity = jnp.asarray([1.0, 0.0, 0.0, 0.0], quats.dtype)
-    q = jnp.where(usable, quats, identity)
-    q = q * jnp.where(usable, jnp.reciprocal(jnp.sqrt(jnp.where(usable, norm2, 1.0))), 1.0)
-    w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
-    rows = [
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ]
-    return jnp.stack([jnp.stack(r, axis=-1) for r in rows], axis=-2)
+    return jnp.stack([jnp.stack(row, axis=-1) for row in _rotation_entries(quats)], axis=-2)
 
 
-def _matmul(a: Array, b: Array) -> Array:
-    """Batched small matrix product as broadcast-multiply-sum: XLA fuses it with the surrounding
-    elementwise math, where batched 3×3 dot ops would each become a separate (slow to compile,
-    slow to run) library call."""
-    return jnp.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2)
+def _covariance_entries(quats: Float[Array, "*b 4"], scales: Float[Array, "*b 3"]) -> dict[tuple[int, int], Array]:
+    """Σ = (R S)(R S)ᵀ, S = diag(scales): its entries (i, j), i ≤ j, as [*b] arrays."""
+    rot = _rotation_entries(quats)
+    m = [[rot[i][k] * scales[..., k] for k in range(3)] for i in range(3)]  # R · diag(s)
+    return {(i, j): m[i][0] * m[j][0] + m[i][1] * m[j][1] + m[i][2] * m[j][2] for i in range(3) for j in range(i, 3)}
 
 
 def covariance_3d(quats: Float[Array, "*b 4"], scales: Float[Array, "*b 3"]) -> Float[Array, "*b 3 3"]:
     """World covariance Σ = (R S)(R S)ᵀ with S = diag(scales) (world units²)."""
-    m = quat_to_rotmat(quats) * scales[..., None, :]  # R · diag(s): scale the columns
-    return _matmul(m, jnp.swapaxes(m, -1, -2))
+    c = _covariance_entries(quats, scales)
+    return jnp.stack([jnp.stack([c[min(i, j), max(i, j)] for j in range(3)], axis=-1) for i in range(3)], axis=-2)
+
+
+def _finite_or(x: Array, valid: Array, stand_in: float = 0.0) -> tuple[Array, Array]:
+    """(x where it is finite, `stand_in` elsewhere; `valid` & finite over the trailing `x.ndim -
+    valid.ndim` axes). Every intermediate passes through here before anything multiplies or
+    divides by it, so no value the backward pass multiplies by is inf/NaN (see `_project`)."""
+    extra = tuple(range(valid.ndim, x.ndim))
+    ok = jnp.isfinite(x)
+    valid = valid & (ok.all(extra) if extra else ok)
+    return jnp.where(ok, x, stand_in), valid
 
 
 def _project(allowed, means, quats, scales, opacities, viewmats, Ks, width, height, near_plane, far_plane,
              eps2d, tile_size):
-    """One projection pass on per-camera inputs ([V,N,...]); only `allowed` [V,N] can be valid."""
-    dtype = means.dtype
-    cov_world = covariance_3d(quats, scales)  # [V,N,3,3]
-    rot = viewmats[:, None, :3, :3]  # [V,1,3,3]
-    means_cam = jnp.sum(rot * means[..., None, :], axis=-1) + viewmats[:, None, :3, 3]
-    cov_cam = _matmul(_matmul(rot, cov_world), jnp.swapaxes(rot, -1, -2))
-    z = means_cam[..., 2]
-    valid = allowed & (z > near_plane) & (z < far_plane)
+    """The projection of finite per-Gaussian inputs (`means [N,3]` ...) into finite cameras
+    (`viewmats [V,4,4]`, `Ks [V,3,3]`); only `allowed [V,N]` pairs can be valid.
+
+    One pass, and gradient-safe: reverse mode multiplies each cotangent by local derivatives,
+    which are the values of the other factors (products), 1/z and 1/det (divisions). So every
+    intermediate that a later product uses is replaced by 0 where it overflowed (`finite`, which
+    also culls the pair), depths and determinants outside their valid range are replaced by 1
+    before dividing, and the outputs of culled pairs are zeroed: culled pairs then get exactly
+    zero gradient and valid ones the plain derivative (their values are untouched). Entries are
+    [V,N] arrays (see `_rotation_entries`)."""
+    valid = allowed
+    # World covariance (entries [N]); one that overflows culls its Gaussian in every view.
+    sym = _covariance_entries(quats, scales)
+    cov_ok = functools.reduce(jnp.logical_and, [jnp.isfinite(v) for v in sym.values()])
+    sym = {k: jnp.where(cov_ok, v, 0.0) for k, v in sym.items()}
+    valid = valid & cov_ok[None, :]
+
+    def finite(x):  # x where finite, else 0; non-finite culls the pair
+        nonlocal valid
+        x, valid = _finite_or(x, valid)
+        return x
+
+    # Camera rotation / translation entries [V,1], broadcast against the Gaussians' [N].
+    w = [[viewmats[:, i, j][:, None] for j in range(3)] for i in range(3)]
+    t = [viewmats[:, i, 3][:, None] for i in range(3)]
+    mean = [means[:, i] for i in range(3)]
+    means_cam = [finite(w[i][0] * mean[0] + w[i][1] * mean[1] + w[i][2] * mean[2] + t[i]) for i in range(3)]
+    # Camera covariance C = W Σ Wᵀ (entries [V,N]).
+    cov = lambda i, j: sym[min(i, j), max(i, j)]  # noqa: E731
+    ws = [[finite(w[i][0] * cov(0, k) + w[i][1] * cov(1, k) + w[i][2] * cov(2, k)) for k in range(3)]
+          for i in range(3)]
+    cam = {(i, j): finite(ws[i][0] * w[j][0] + ws[i][1] * w[j][1] + ws[i][2] * w[j][2])
+           for i in range(3) for j in range(i, 3)}
+    c = lambda i, j: cam[min(i, j), max(i, j)]  # noqa: E731
+    z = means_cam[2]
+    valid = valid & (z > near_plane) & (z < far_plane)
     # Out-of-range depths (behind the camera, straddling the near plane) compute at z = 1.
-    cam_s = jnp.where(valid[..., None], means_cam, jnp.asarray([0.0, 0.0, 1.0], dtype))
-    x, y, z = cam_s[..., 0], cam_s[..., 1], cam_s[..., 2]
+    x, y = means_cam[0], means_cam[1]
+    z = jnp.where(valid, z, 1.0)
 
     fx, fy = Ks[:, 0, 0][:, None], Ks[:, 1, 1][:, None]
     cx, cy = Ks[:, 0, 2][:, None], Ks[:, 1, 2][:, None]
@@ -112,37 +156,31 @@ def _project(allowed, means, quats, scales, opacities, viewmats, Ks, width, heig
     lim_y_pos = (height - cy) / fy + FRUSTUM_CLAMP_MARGIN * tan_fovy
     lim_y_neg = cy / fy + FRUSTUM_CLAMP_MARGIN * tan_fovy
     rz = 1.0 / z
-    tx = z * jnp.clip(x * rz, -lim_x_neg, lim_x_pos)
-    ty = z * jnp.clip(y * rz, -lim_y_neg, lim_y_pos)
-    zero = jnp.zeros_like(z)
-    jac = jnp.stack(
-        [
-            jnp.stack([fx * rz, zero, -fx * tx * rz * rz], axis=-1),
-            jnp.stack([zero, fy * rz, -fy * ty * rz * rz], axis=-1),
-        ],
-        axis=-2,
-    )  # [V,N,2,3]
-    cov2d = _matmul(_matmul(jac, cov_cam), jnp.swapaxes(jac, -1, -2))
-    cov_a = cov2d[..., 0, 0] + eps2d
-    cov_b = 0.5 * (cov2d[..., 0, 1] + cov2d[..., 1, 0])
-    cov_c = cov2d[..., 1, 1] + eps2d
-    det = cov_a * cov_c - cov_b * cov_b
-    means2d = jnp.stack([fx * x * rz + cx, fy * y * rz + cy], axis=-1)
+    u, v = finite(x * rz), finite(y * rz)  # normalised image coordinates
+    # The EWA Jacobian [[j00, 0, j02], [0, j11, j12]] at the frustum-clamped direction.
+    j00, j11 = finite(fx * rz), finite(fy * rz)
+    j02 = finite(-j00 * jnp.clip(u, -lim_x_neg, lim_x_pos))
+    j12 = finite(-j11 * jnp.clip(v, -lim_y_neg, lim_y_pos))
+    # Σ2d = (J C) Jᵀ.
+    jc00, jc01, jc02 = (finite(j00 * c(0, k) + j02 * c(2, k)) for k in range(3))
+    jc11, jc12 = (finite(j11 * c(1, k) + j12 * c(2, k)) for k in (1, 2))
+    cov_a = finite(jc00 * j00 + jc02 * j02) + eps2d
+    cov_b = finite(jc01 * j11 + jc02 * j12)
+    cov_c = finite(jc11 * j11 + jc12 * j12) + eps2d
+    det = finite(cov_a * cov_c - cov_b * cov_b)
+    means2d = jnp.stack([finite(fx * u) + cx, finite(fy * v) + cy], axis=-1)
     valid = valid & (det > 0)
     det_s = jnp.where(valid, det, 1.0)
-    conics = jnp.stack([cov_c / det_s, -cov_b / det_s, cov_a / det_s], axis=-1)
+    conics = jnp.stack([finite(cov_c / det_s), finite(-cov_b / det_s), finite(cov_a / det_s)], axis=-1)
+    means2d = finite(means2d)
 
     # Bounding box (non-differentiable, as in gsplat).
     extend = jnp.minimum(MAX_EXTEND, jnp.sqrt(2.0 * jnp.log(jnp.maximum(opacities / ALPHA_THRESHOLD, 1.0))))
     radius_x = jnp.ceil(extend * jnp.sqrt(jnp.maximum(cov_a, 0.0)))
     radius_y = jnp.ceil(extend * jnp.sqrt(jnp.maximum(cov_c, 0.0)))
+    valid = valid & jnp.isfinite(radius_x) & jnp.isfinite(radius_y)
     mx, my = means2d[..., 0], means2d[..., 1]
     valid = valid & (mx + radius_x > 0) & (mx - radius_x < width) & (my + radius_y > 0) & (my - radius_y < height)
-    # Every intermediate must be finite: the differentiable pass relies on it (see below).
-    finite = jnp.isfinite(jnp.stack([z, det, radius_x, radius_y, *jnp.moveaxis(means2d, -1, 0),
-                                     *jnp.moveaxis(conics, -1, 0)], axis=-1)).all(-1)
-    finite &= jnp.isfinite(cov_cam).all((-1, -2)) & jnp.isfinite(means_cam).all(-1) & jnp.isfinite(jac).all((-1, -2))
-    valid = valid & finite
     radius_x = jnp.where(valid, jnp.minimum(radius_x, _MAX_RADIUS), 0.0)
     radius_y = jnp.where(valid, jnp.minimum(radius_y, _MAX_RADIUS), 0.0)
     radii = jnp.stack([radius_x, radius_y], axis=-1).astype(jnp.int32)
@@ -159,7 +197,7 @@ def _project(allowed, means, quats, scales, opacities, viewmats, Ks, width, heig
     tile_max = jnp.where(valid[..., None], jnp.stack([hi_x, hi_y], axis=-1).astype(jnp.int32), tile_min)
 
     means2d = jnp.where(valid[..., None], means2d, 0.0)
-    depths = jnp.where(valid, means_cam[..., 2], 0.0)
+    depths = jnp.where(valid, means_cam[2], 0.0)
     conics = jnp.where(valid[..., None], conics, 0.0)
     return Projection(means2d, depths, conics, radii, valid, tile_min, tile_max)
 
@@ -190,36 +228,23 @@ def project_gaussians(
     `ceil(e·sqrt(Σ2d_yy))` with `e = min(3.33, sqrt(2 ln(255·opacity)))`, i.e. exactly where α
     falls below 1/255, so the tiling never removes a pixel the compositor would have kept.
 
-    Gradient safety is a two-pass double-where: a gradient-free pass decides which (camera,
-    Gaussian) pairs are valid, then the differentiable pass runs on per-camera inputs in which
-    every invalid Gaussian is replaced by a harmless stand-in, so no inf/NaN intermediate exists
-    for autodiff to multiply by zero.
+    One pass, gradient-safe (see `_project`): outputs and gradients are finite for any input, and
+    culled pairs get zero gradient.
     """
     dtype = means.dtype
-    num_views, num_gaussians = viewmats.shape[0], means.shape[0]
     finite = _all_finite(means) & _all_finite(quats) & _all_finite(scales) & jnp.isfinite(opacities)
     finite = finite & (opacities >= ALPHA_THRESHOLD)
     if extra_valid is not None:
         finite = finite & extra_valid
-    # A non-finite camera culls all its Gaussians; it computes on the identity camera.
+    # Gaussians with a non-finite parameter compute on a harmless stand-in (culled)...
+    stand_in = lambda x, value: jnp.where(finite.reshape(-1, *([1] * (x.ndim - 1))), x, value)  # noqa: E731
+    means = stand_in(means, jnp.zeros((3,), dtype))
+    quats = stand_in(quats, jnp.asarray([1.0, 0.0, 0.0, 0.0], dtype))
+    scales = stand_in(scales, jnp.zeros((3,), dtype))
+    opacities = stand_in(opacities, jnp.ones((), dtype))
+    # ...and a non-finite camera culls all its Gaussians; it computes as the identity camera.
     view_ok = _all_finite(viewmats.reshape(-1, 16)) & _all_finite(Ks.reshape(-1, 9))
     viewmats = jnp.where(view_ok[:, None, None], viewmats, jnp.eye(4, dtype=dtype))
     Ks = jnp.where(view_ok[:, None, None], Ks, jnp.eye(3, dtype=dtype))
-    finite = finite[None, :] & view_ok[:, None]  # [V,N]
-
-    def per_view_inputs(ok):
-        shape = (num_views, num_gaussians)
-        pick = lambda x, stand_in: jnp.where(  # noqa: E731
-            ok.reshape(*shape, *([1] * (x.ndim - 1))), jnp.broadcast_to(x, (*shape, *x.shape[1:])), stand_in
-        )
-        return (
-            pick(means, jnp.zeros((3,), dtype)),
-            pick(quats, jnp.asarray([1.0, 0.0, 0.0, 0.0], dtype)),
-            pick(scales, jnp.zeros((3,), dtype)),
-            pick(opacities, jnp.ones((), dtype)),
-        )
-
-    args = (viewmats, Ks, width, height, near_plane, far_plane, eps2d, tile_size)
-    probe = _project(finite, *jax.lax.stop_gradient((*per_view_inputs(finite), *args[:2])), *args[2:])
-    valid = jax.lax.stop_gradient(probe.valid)
-    return _project(valid, *per_view_inputs(valid), *args)
+    return _project(finite[None, :] & view_ok[:, None], means, quats, scales, opacities, viewmats, Ks, width,
+                    height, near_plane, far_plane, eps2d, tile_size)

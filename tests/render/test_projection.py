@@ -148,3 +148,68 @@ def test_box_is_exactly_where_alpha_reaches_the_threshold(opacity):
         # min over dy of σ(dx = edge, dy) = edge² (a - b²/c) / 2 = edge² / (2 Σ2d_xx)
         sigma_at_edge = 0.5 * edge**2 * (a - b**2 / c)
         np.testing.assert_allclose(opacity * np.exp(-sigma_at_edge), ALPHA_THRESHOLD, rtol=1e-4)
+
+
+def _projection_loss(weights):
+    def loss(means, quats, scales, viewmats, Ks):
+        proj = project_gaussians(means, quats, scales, jnp.full(means.shape[:1], 0.7, means.dtype), viewmats, Ks,
+                                 WIDTH, HEIGHT)
+        return (jnp.sum(proj.means2d * weights[0]) + jnp.sum(proj.conics * weights[1]) * 100.0
+                + jnp.sum(proj.depths * weights[2][..., 0]))
+    return loss
+
+
+def test_projection_gradients_match_float64_finite_differences():
+    """Every input, including Gaussians far outside the view (clamped Jacobian) and the camera."""
+    rng = np.random.default_rng(5)
+    n = 24
+    means = rng.uniform(-0.6, 0.6, (n, 3))
+    means[:4, 0] = [-4.0, -2.5, 2.5, 4.0]  # clamped: the Jacobian sees the frustum edge
+    scales = rng.uniform(0.05, 0.3, (n, 3))
+    scales[:4] = 1.5
+    quats = rng.normal(size=(n, 4))
+    viewmats, Ks = _camera()
+    weights = [rng.normal(size=(1, n, 2)), rng.normal(size=(1, n, 3)), rng.normal(size=(1, n, 1))]
+    with jax.enable_x64(True):
+        args = [jnp.asarray(x, jnp.float64) for x in (means, quats, scales, viewmats, Ks)]
+        loss = jax.jit(_projection_loss(weights))
+        grads = jax.grad(loss, argnums=tuple(range(5)))(*args)
+        valid = np.asarray(project_gaussians(*args[:3], jnp.full((n,), 0.7), *args[3:], WIDTH, HEIGHT).valid[0])
+        assert valid[:4].sum() >= 2 and valid.sum() >= n // 2
+        for i, name in enumerate(("means", "quats", "scales", "viewmats", "Ks")):
+            direction = rng.normal(size=args[i].shape)
+            if name == "viewmats":
+                direction[:, 3] = 0.0
+            if name == "Ks":
+                direction = direction * np.array([[1, 0, 1], [0, 1, 1], [0, 0, 0]])
+            h = 1e-6
+            plus = [a + h * direction if j == i else a for j, a in enumerate(args)]
+            minus = [a - h * direction if j == i else a for j, a in enumerate(args)]
+            fd = float(loss(*plus) - loss(*minus)) / (2 * h)
+            ours = float(np.sum(np.asarray(grads[i]) * direction))
+            assert abs(ours - fd) <= 1e-6 * max(abs(fd), 1.0), f"{name}: {ours} vs finite difference {fd}"
+
+
+def test_culled_gaussians_get_zero_gradient_and_leave_the_others_untouched():
+    """A NaN, two overflowing and a behind-the-camera Gaussian next to normal ones: the normal
+    ones' gradients are those of the scene without the degenerate ones (to rounding), the
+    degenerate ones' are exactly zero."""
+    rng = np.random.default_rng(6)
+    good = {"means": rng.uniform(-0.4, 0.4, (6, 3)), "quats": rng.normal(size=(6, 4)),
+            "scales": rng.uniform(0.05, 0.2, (6, 3))}
+    bad = {"means": np.array([[np.nan, 0, 0], [0.0, 0, 0], [0.0, 0, 3.5], [0.0, 0, 0]]),
+           "quats": np.array([[1.0, 0, 0, 0], [1.0, 0, 0, 0], [1.0, 0, 0, 0], [1e30, 1e30, 0, 0]]),
+           "scales": np.array([[0.1] * 3, [1e30] * 3, [0.1] * 3, [3e19, 3e19, 3e19]])}
+    viewmats, Ks = _camera(eye=(0.0, 0.0, 2.5))
+    f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    weights = [rng.normal(size=(1, 10, 2)), rng.normal(size=(1, 10, 3)), rng.normal(size=(1, 10, 1))]
+    both = [f32(np.concatenate([good[k], bad[k]])) for k in ("means", "quats", "scales")]
+    loss = _projection_loss(weights)
+    g_both = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*both, f32(viewmats), f32(Ks))
+    valid = np.asarray(project_gaussians(*both, jnp.full((10,), 0.7), f32(viewmats), f32(Ks), WIDTH, HEIGHT).valid[0])
+    assert valid[:6].all() and not valid[6:].any()
+    loss_good = _projection_loss([w[:, :6] for w in weights])
+    g_good = jax.jit(jax.grad(loss_good, argnums=(0, 1, 2)))(*[x[:6] for x in both], f32(viewmats), f32(Ks))
+    for gb, gg in zip(g_both, g_good):
+        np.testing.assert_array_equal(np.asarray(gb)[6:], 0.0)
+        np.testing.assert_allclose(np.asarray(gb)[:6], np.asarray(gg), rtol=1e-6, atol=1e-9)
