@@ -11,6 +11,12 @@ Scenes: N Gaussians on a head-sized ellipsoid shell (semi-axes 8 × 11 × 9.5 cm
 from 0.6 m with a field of view that frames the head, scales matched to the Gaussian spacing,
 so per-tile load is what an avatar produces (densest at the silhouette).
 
+The tiled render is timed once per compositor formulation (`--compositors`, default
+lockstep,sequential: `RasterOptions.compositor`), each with its stage split of the forward:
+projection, tile binning + sort, and the rest (compositing, packing, image assembly; the full
+forward minus the two), plus the projection's forward+backward; the table gives the
+sequential/lockstep time ratios.
+
 The dense baseline composites every pixel against every Gaussian (same projection, same
 compositing rules), chunked over pixels under `jax.checkpoint` so it fits in memory. It is
 skipped for a scene when its predicted fwd+bwd time (scaled from the previous dense scene by
@@ -80,6 +86,9 @@ flags.DEFINE_integer("check_max_gaussians", 300_000,
 flags.DEFINE_float("child_timeout_s", 1800.0, "gpu suite: per-process time limit")
 flags.DEFINE_string("child", None, "internal: measure this one scene in this process (set by the parent)")
 flags.DEFINE_string("impl", "tiled", "internal: the implementation the --child process measures")
+flags.DEFINE_string("compositors", "lockstep,sequential",
+                    "cpu suite: the pure-JAX compositor formulations to time (RasterOptions.compositor)")
+flags.DEFINE_string("compositor", "lockstep", "internal: the compositor a tiled --child process measures")
 
 
 def _peak_rss_mb() -> float:
@@ -193,7 +202,41 @@ def _compile_and_time(render, arrays, repeats, warmup, result, memory_key, memor
     return compiled["fwd"]
 
 
-def run_child(scene_name: str, impl: str, backend: str, repeats: int, warmup: bool) -> dict:
+def stage_times(arrays, size: int, repeats: int) -> dict:
+    """Forward time of the pure-JAX stages at this scene, each compiled on its own: projection
+    (also forward+backward), tile binning + sort, and the rest of a full render (packing,
+    compositing, image assembly) as full minus the two, so the three add up to the full forward."""
+    import jax
+    import jax.numpy as jnp
+
+    from flexavatar_jax.render import jax_backend
+    from flexavatar_jax.render.common import RasterOptions
+    from flexavatar_jax.render.projection import project_gaussians
+
+    means, quats, scales, opacities, colors, viewmats, Ks = arrays
+    options = RasterOptions().resolved(viewmats.shape[0], means.shape[0])
+    project = jax.jit(lambda *a: project_gaussians(*a, size, size))
+    proj_args = (means, quats, scales, opacities, viewmats, Ks)
+
+    def project_loss(*a):
+        p = project_gaussians(*a, size, size)
+        return jnp.sum(p.means2d ** 2) + jnp.sum(p.conics) + jnp.sum(p.depths)
+
+    project_grad = jax.jit(jax.value_and_grad(project_loss, argnums=(0, 1, 2, 3)))
+    proj = project(*proj_args)
+    tiles = -(-size // options.tile_size)
+    binning = jax.jit(lambda p: jax_backend._bin_intersections(
+        p.tile_min, p.tile_max, p.depths, p.valid, tiles, tiles, options.max_gaussians_per_tile,
+        options.max_intersections))
+    out = {}
+    for name, fn, args in (("project", project, proj_args), ("project_fwd_bwd", project_grad, proj_args),
+                           ("bin_sort", binning, (proj,))):
+        jax.block_until_ready(fn(*args))
+        out[name] = _time(fn, args, repeats)
+    return out
+
+
+def run_child(scene_name: str, impl: str, backend: str, repeats: int, warmup: bool, compositor: str) -> dict:
     """Measure one (scene, implementation) pair in this process."""
     import jax
     import jax.numpy as jnp
@@ -205,8 +248,9 @@ def run_child(scene_name: str, impl: str, backend: str, repeats: int, warmup: bo
     arrays = tuple(jnp.asarray(x) for x in head_scene(num_gaussians, size))
     result = {"scene": scene_name, "impl": impl, "num_gaussians": num_gaussians, "size": size}
     if impl == "tiled":
-        render = lambda *a: rasterize(*a, size, size, backend=backend)  # noqa: E731
-        _, _, diag = rasterize(*arrays, size, size, backend=backend, return_diagnostics=True)
+        result["compositor"] = compositor
+        render = lambda *a: rasterize(*a, size, size, backend=backend, compositor=compositor)  # noqa: E731
+        _, _, diag = rasterize(*arrays, size, size, backend=backend, compositor=compositor, return_diagnostics=True)
         counts = np.asarray(diag.tile_counts)
         result.update(
             intersections=int(counts.sum()), max_gaussians_in_a_tile=int(counts.max()),
@@ -218,6 +262,12 @@ def run_child(scene_name: str, impl: str, backend: str, repeats: int, warmup: bo
     result["baseline_rss_mb"] = _peak_rss_mb()
 
     forward = _compile_and_time(render, arrays, repeats, warmup, result, "peak_rss_{}_mb", _peak_rss_mb)
+    if impl == "tiled":
+        stages = stage_times(arrays, size, repeats)
+        full = result["fwd"]["min_s"]
+        result["stages_fwd_s"] = {"project": stages["project"]["min_s"], "bin_sort": stages["bin_sort"]["min_s"],
+                                  "composite_and_rest": full - stages["project"]["min_s"] - stages["bin_sort"]["min_s"]}
+        result["project_fwd_bwd_s"] = stages["project_fwd_bwd"]["min_s"]
     if impl == "tiled" and size <= 128:  # cross-check against the dense splatter where it is cheap
         dense = jax.jit(lambda *a: dense_rasterize(*a, size, size))(*arrays)
         result["max_abs_diff_vs_dense"] = float(jnp.max(jnp.abs(forward(*arrays)[0] - dense[0])))
@@ -382,28 +432,43 @@ def main_gpu(args) -> int:
     return 0
 
 
-def _table_row(entry: dict) -> dict:
+def _table_row(entry: dict, compositors: list[str]) -> dict:
     """One flat row per scene, seconds rounded for reading."""
-    tiled, dense = entry["tiled"], entry["dense"]
+    dense = entry["dense"]
     r = lambda x: None if x is None else round(x, 4)  # noqa: E731
-    return {
-        "scene": entry["scene"],
-        "tiled_fwd_s": r(tiled.get("fwd", {}).get("min_s")),
-        "tiled_fwd_bwd_s": r(tiled.get("fwd_bwd", {}).get("min_s")),
-        "tiled_compile_fwd_s": r(tiled.get("compile_fwd_s")),
-        "tiled_compile_fwd_bwd_s": r(tiled.get("compile_fwd_bwd_s")),
-        "tiled_peak_rss_mb": r(tiled.get("peak_rss_fwd_bwd_mb")),
+    row = {"scene": entry["scene"]}
+    for c in compositors:
+        tiled = entry[f"tiled_{c}"]
+        stages = tiled.get("stages_fwd_s", {})
+        row.update({
+            f"{c}_fwd_s": r(tiled.get("fwd", {}).get("min_s")),
+            f"{c}_fwd_bwd_s": r(tiled.get("fwd_bwd", {}).get("min_s")),
+            f"{c}_compile_fwd_s": r(tiled.get("compile_fwd_s")),
+            f"{c}_compile_fwd_bwd_s": r(tiled.get("compile_fwd_bwd_s")),
+            f"{c}_peak_rss_mb": r(tiled.get("peak_rss_fwd_bwd_mb")),
+            f"{c}_stage_project_s": r(stages.get("project")),
+            f"{c}_stage_bin_sort_s": r(stages.get("bin_sort")),
+            f"{c}_stage_composite_and_rest_s": r(stages.get("composite_and_rest")),
+            f"{c}_project_fwd_bwd_s": r(tiled.get("project_fwd_bwd_s")),
+        })
+    if len(compositors) == 2:
+        a, b = compositors
+        for k in ("fwd", "fwd_bwd"):
+            ta, tb = row[f"{a}_{k}_s"], row[f"{b}_{k}_s"]
+            row[f"{b}_over_{a}_{k}"] = r(tb / ta) if ta and tb else None
+    row.update({
         "dense_fwd_s": r(dense.get("fwd", {}).get("min_s")),
         "dense_fwd_bwd_s": r(dense.get("fwd_bwd", {}).get("min_s")),
         "dense_peak_rss_mb": r(dense.get("peak_rss_fwd_bwd_mb")),
         "speedup_fwd": r(entry.get("speedup_fwd")),
         "speedup_fwd_bwd": r(entry.get("speedup_fwd_bwd")),
         "dense_skipped": bool(dense.get("skipped", False)),
-    }
+    })
+    return row
 
 
-def _spawn(scene_name: str, impl: str, args) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", scene_name, "--impl", impl,
+def _spawn(scene_name: str, impl: str, args, compositor: str = "lockstep") -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", scene_name, "--impl", impl, "--compositor", compositor,
            "--backend", args.backend, "--repeats", str(args.repeats if impl == "tiled" else args.dense_repeats)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -427,23 +492,31 @@ def main(argv) -> int:
             args.scenes = ",".join(GPU_SCENES)
         return main_gpu(args)
     if args.child:
-        print(json.dumps(run_child(args.child, args.impl, args.backend, args.repeats, warmup=args.impl == "tiled")))
+        print(json.dumps(run_child(args.child, args.impl, args.backend, args.repeats, warmup=args.impl == "tiled",
+                                   compositor=args.compositor)))
         return 0
 
     import platform
 
     report = {
-        "what": "rasterize (tiled, pure JAX) vs naive dense JAX splatter; seconds after compilation",
+        "what": "rasterize (tiled, pure JAX; each compositor) vs naive dense JAX splatter; seconds after compilation",
         "backend": args.backend,
         "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
         "load_average_at_start": os.getloadavg(),
         "scenes": [],
     }
     dense_rate = None  # seconds of dense fwd+bwd per (pixel × Gaussian), from the last dense run
+    compositors = args.compositors.split(",")
+    report["compositors"] = compositors
     for name in args.scenes.split(","):
         num_gaussians, size = SCENES[name]
         entry = {"scene": name, "num_gaussians": num_gaussians, "size": size}
-        entry["tiled"] = _spawn(name, "tiled", args)
+        for compositor in compositors:
+            entry[f"tiled_{compositor}"] = _spawn(name, "tiled", args, compositor)
+            tiled = entry[f"tiled_{compositor}"]
+            print(f"[bench_render] {name} {compositor}: fwd {tiled.get('fwd', {}).get('min_s')} "
+                  f"(stages {tiled.get('stages_fwd_s')}), fwd+bwd {tiled.get('fwd_bwd', {}).get('min_s')}",
+                  file=sys.stderr, flush=True)
         predicted = None if dense_rate is None else dense_rate * num_gaussians * size * size
         over_budget = predicted is not None and predicted > args.dense_budget_s
         if args.dense == "never" or (args.dense == "auto" and over_budget):
@@ -454,26 +527,29 @@ def main(argv) -> int:
             entry["dense"] = _spawn(name, "dense", args)
             if "fwd_bwd" in entry["dense"]:
                 dense_rate = entry["dense"]["fwd_bwd"]["min_s"] / (num_gaussians * size * size)
-        tiled, dense = entry["tiled"], entry["dense"]
+        tiled, dense = entry[f"tiled_{compositors[0]}"], entry["dense"]  # speedups: the first compositor's
         if "fwd" in tiled and "fwd" in dense:
             entry["speedup_fwd"] = dense["fwd"]["min_s"] / tiled["fwd"]["min_s"]
             entry["speedup_fwd_bwd"] = dense["fwd_bwd"]["min_s"] / tiled["fwd_bwd"]["min_s"]
         elif "fwd_bwd" in tiled and dense.get("predicted_fwd_bwd_s"):
             entry["predicted_speedup_fwd_bwd"] = dense["predicted_fwd_bwd_s"] / tiled["fwd_bwd"]["min_s"]
         report["scenes"].append(entry)
-        print(f"[bench_render] {name}: tiled fwd {tiled.get('fwd', {}).get('min_s')}, "
-              f"fwd+bwd {tiled.get('fwd_bwd', {}).get('min_s')}; dense {dense.get('fwd_bwd', {}).get('min_s')}",
-              file=sys.stderr, flush=True)
+        print(f"[bench_render] {name}: dense fwd+bwd {dense.get('fwd_bwd', {}).get('min_s')}", file=sys.stderr,
+              flush=True)
 
     by_name = {e["scene"]: e for e in report["scenes"]}
     goals = {}
-    if "fwd_bwd" in by_name.get("20k_128", {}).get("tiled", {}):
-        goals["20k_128_fwd_bwd_under_1s"] = by_name["20k_128"]["tiled"]["fwd_bwd"]["min_s"] < 1.0
+    first = f"tiled_{compositors[0]}"
+    if "fwd_bwd" in by_name.get("20k_128", {}).get(first, {}):
+        goals["20k_128_fwd_bwd_under_1s"] = by_name["20k_128"][first]["fwd_bwd"]["min_s"] < 1.0
+    if "fwd" in by_name.get("80k_256", {}).get(first, {}):
+        goals["80k_256_fwd_under_300ms"] = by_name["80k_256"][first]["fwd"]["min_s"] <= 0.3
+        goals["80k_256_project_under_20ms"] = by_name["80k_256"][first]["stages_fwd_s"]["project"] <= 0.02
     if "speedup_fwd_bwd" in by_name.get("80k_256", {}):
         entry = by_name["80k_256"]
         goals["80k_256_at_least_10x_dense"] = min(entry["speedup_fwd"], entry["speedup_fwd_bwd"]) >= 10.0
     report["goals"] = goals
-    report["table"] = [_table_row(e) for e in report["scenes"]]
+    report["table"] = [_table_row(e, compositors) for e in report["scenes"]]
     report["load_average_at_end"] = os.getloadavg()
     text = json.dumps(report, indent=2)
     print(text)

@@ -40,8 +40,8 @@ def rasterize(
       options: a `RasterOptions` (its docstring describes every option); default RasterOptions().
       return_diagnostics: also return the `RasterDiagnostics` of every intermediate stage.
       **option_overrides: RasterOptions fields by name (near_plane, far_plane, eps2d, tile_size,
-        render_mode, backend, max_gaussians_per_tile, max_intersections), applied over `options`;
-        an unknown name raises TypeError listing the fields.
+        render_mode, backend, max_gaussians_per_tile, max_intersections, compositor,
+        lockstep_tiles), applied over `options`; an unknown name raises TypeError listing the fields.
 
     Returns:
       colors [V,H,W,C] ("RGB"), [V,H,W,1] ("D") or [V,H,W,C+1] ("RGB+D");

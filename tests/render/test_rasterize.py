@@ -164,23 +164,32 @@ def standard_backgrounds(seed=0):
     return np.random.default_rng(seed).uniform(0, 1, (STANDARD[1], STANDARD[2])).astype(np.float32)
 
 
+# The pure-JAX compositor's two formulations (RasterOptions.compositor; "lockstep" is the default).
+COMPOSITORS = ["sequential", "lockstep"]
+
+
 @pytest.mark.parametrize(
-    "seed,num_gaussians,num_views,channels,with_background,tile_size,render_mode",
+    "seed,num_gaussians,num_views,channels,with_background,tile_size,render_mode,compositor",
     [
-        (0, *STANDARD, True, 16, "RGB"),
-        (1, 150, 2, 7, True, 16, "RGB"),
-        (2, 300, 3, 3, False, 16, "RGB"),
-        (3, 300, 1, 7, False, 8, "RGB"),
-        (4, 120, 2, 3, True, 32, "RGB+D"),
+        (0, *STANDARD, True, 16, "RGB", "sequential"),
+        (1, 150, 2, 7, True, 16, "RGB", "lockstep"),
+        (2, 300, 3, 3, False, 16, "RGB", "lockstep"),
+        (3, 300, 1, 7, False, 8, "RGB", "sequential"),
+        (4, 120, 2, 3, True, 32, "RGB+D", "sequential"),
+        (0, *STANDARD, True, 16, "RGB", "lockstep"),
+        (3, 300, 1, 7, False, 8, "RGB", "lockstep"),
+        (4, 120, 2, 3, True, 32, "RGB+D", "lockstep"),
     ],
 )
-def test_matches_dense_reference(seed, num_gaussians, num_views, channels, with_background, tile_size, render_mode):
+def test_matches_dense_reference(seed, num_gaussians, num_views, channels, with_background, tile_size, render_mode,
+                                 compositor):
     scene = random_scene(seed, num_gaussians, num_views, channels)
     backgrounds = None
     if with_background:
         backgrounds = np.random.default_rng(seed).uniform(0, 1, (num_views, channels)).astype(np.float32)
     images, alphas, diag = call(
-        with_diagnostics, scene, backgrounds=backgrounds, tile_size=tile_size, render_mode=render_mode
+        with_diagnostics, scene, backgrounds=backgrounds, tile_size=tile_size, render_mode=render_mode,
+        compositor=compositor,
     )
     ref_images, ref_alphas, ref_counts = reference_render(
         **scene, width=40, height=32, backgrounds=backgrounds, render_mode=render_mode
@@ -200,7 +209,8 @@ def test_matches_dense_reference(seed, num_gaussians, num_views, channels, with_
         assert np.any(ref_alphas > 1 - 1.1e-3)
 
 
-def test_float64_matches_reference_to_rounding():
+@pytest.mark.parametrize("compositor", COMPOSITORS)
+def test_float64_matches_reference_to_rounding(compositor):
     """Run in float64, the tiled renderer and the dense reference agree on every pixel to ~1e-12:
     tiling, capacities, chunking and log-space transmittance change nothing but rounding."""
     scene = random_scene(8, 200, 2, 3)
@@ -208,7 +218,8 @@ def test_float64_matches_reference_to_rounding():
     with jax.enable_x64(True):
         args = [jnp.asarray(scene[k], jnp.float64) for k in ("means", "quats", "scales", "opacities", "colors")]
         cams = [jnp.asarray(scene[k], jnp.float64) for k in ("viewmats", "Ks")]
-        images, alphas = rasterize(*args, *cams, 40, 32, backgrounds=jnp.asarray(backgrounds), render_mode="RGB+D")
+        images, alphas = rasterize(*args, *cams, 40, 32, backgrounds=jnp.asarray(backgrounds), render_mode="RGB+D",
+                                   compositor=compositor)
         assert images.dtype == jnp.float64
     ref_images, ref_alphas, _ = reference_render(
         **scene, width=40, height=32, backgrounds=backgrounds, render_mode="RGB+D"
@@ -281,8 +292,8 @@ def smooth_scene(seed):
 DIFFERENTIABLE = ["means", "quats", "scales", "opacities", "colors", "backgrounds", "viewmats", "Ks"]
 
 
-@pytest.mark.parametrize("render_mode", ["RGB", "RGB+D"])
-def test_gradients_match_reference_finite_differences(render_mode):
+@pytest.mark.parametrize("render_mode,compositor", [("RGB", "lockstep"), ("RGB+D", "sequential"), ("RGB+D", "lockstep")])
+def test_gradients_match_reference_finite_differences(render_mode, compositor):
     width, height = 24, 20
     scene = smooth_scene(0)
     rng = np.random.default_rng(1)
@@ -294,6 +305,7 @@ def test_gradients_match_reference_finite_differences(render_mode):
         images, alphas = rasterize(
             params["means"], params["quats"], params["scales"], params["opacities"], params["colors"],
             params["viewmats"], params["Ks"], width, height, backgrounds=params["backgrounds"], render_mode=render_mode,
+            compositor=compositor,
         )
         return jnp.sum(images * weights) + jnp.sum(alphas * alpha_weights)
 
@@ -321,7 +333,8 @@ def test_gradients_match_reference_finite_differences(render_mode):
         assert abs(ours - fd) <= 2e-3 * max(abs(fd), 1.0), f"{name}: grad·dir {ours:.6g} vs finite difference {fd:.6g}"
 
 
-def test_gradients_with_early_termination_match_finite_differences():
+@pytest.mark.parametrize("compositor", COMPOSITORS)
+def test_gradients_with_early_termination_match_finite_differences(compositor):
     """Opaque stacks: the backward must skip exactly the Gaussians the forward skipped."""
     width, height = 16, 16
     rng = np.random.default_rng(3)
@@ -339,7 +352,8 @@ def test_gradients_with_early_termination_match_finite_differences():
 
     def loss_ours(means, opacities, colors):
         images, _ = rasterize(
-            means, scene["quats"], scene["scales"], opacities, colors, scene["viewmats"], scene["Ks"], width, height
+            means, scene["quats"], scene["scales"], opacities, colors, scene["viewmats"], scene["Ks"], width, height,
+            compositor=compositor,
         )
         return jnp.sum(images * weights)
 
@@ -484,11 +498,13 @@ def test_intersection_buffer_overflow_is_counted_and_warned():
     assert int(np.sum(diag.tile_composited)) == 50
 
 
-def test_capacity_keeps_the_nearest_gaussians():
+@pytest.mark.parametrize("compositor", COMPOSITORS)
+def test_capacity_keeps_the_nearest_gaussians(compositor):
     """With capacity k, a tile renders exactly like its k nearest Gaussians alone."""
     scene = random_scene(13, 40, 1, 3, width=16, height=16)
     with pytest.warns(TileOverflowWarning):
-        images, _, diag = call(with_diagnostics, scene, width=16, height=16, max_gaussians_per_tile=10)
+        images, _, diag = call(with_diagnostics, scene, width=16, height=16, max_gaussians_per_tile=10,
+                               compositor=compositor)
     assert int(diag.tile_counts[0, 0, 0]) > 10
     kept = np.asarray(diag.flatten_ids[:10])
     subset = {k: (v[kept] if k not in ("viewmats", "Ks") else v) for k, v in scene.items()}
@@ -501,7 +517,8 @@ def test_capacity_keeps_the_nearest_gaussians():
 # --------------------------------------------------------------------------------------------
 
 
-def test_degenerate_inputs_give_finite_outputs_and_gradients():
+@pytest.mark.parametrize("compositor", COMPOSITORS)
+def test_degenerate_inputs_give_finite_outputs_and_gradients(compositor):
     scene = random_scene(14, 40, 2, 3)
     s = {k: np.array(v) for k, v in scene.items()}
     eye_z = np.linalg.inv(s["viewmats"][0])[:3, 3]
@@ -523,7 +540,7 @@ def test_degenerate_inputs_give_finite_outputs_and_gradients():
 
     def loss(means, quats, scales, opacities, colors, viewmats, backgrounds):
         images, alphas = rasterize(means, quats, scales, opacities, colors, viewmats, s["Ks"], 40, 32,
-                                   backgrounds=backgrounds, render_mode="RGB+D")
+                                   backgrounds=backgrounds, render_mode="RGB+D", compositor=compositor)
         return jnp.sum(images) + jnp.sum(alphas), (images, alphas)
 
     names = ("means", "quats", "scales", "opacities", "colors", "viewmats")
@@ -561,6 +578,7 @@ def _bad_calls():
         ("height", dict(good, height=2.5)),
         ("render_mode", dict(good, render_mode="RGBD")),
         ("backend", dict(good, backend="metal")),
+        ("compositor", dict(good, compositor="parallel")),
         ("means", dict(good, means=s["means"].astype(np.int32))),
         ("near_plane", dict(good, near_plane=2.0, far_plane=1.0)),
         ("max_gaussians_per_tile", dict(good, max_gaussians_per_tile=0)),
