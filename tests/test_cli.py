@@ -67,7 +67,7 @@ def test_every_command_help_lists_only_its_own_flags(capsys):
         "make-dataset": {"config", "out", "overwrite"},
         "preview-data": {"config", "out"},
         "summary": {"config", "print_param_paths"},
-        "train": {"config", "workdir"},
+        "train": {"config", "workdir", "coordinator", "num_processes", "process_id"},
         "eval": {"config", "workdir"},
         "refine": {"config", "workdir"},
         "reconstruct": {"config", "workdir", "images", "identity", "out"},
