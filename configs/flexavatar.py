@@ -38,7 +38,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     m.lifter_type = "queries"
     m.grid = 32  # G: UV query grid
     m.lifter = ml_collections.ConfigDict(dict(width=384, num_heads=6, global_depth=2, depth=4,
-                                              fourier_frequencies=6, window=7))
+                                              fourier_frequencies=6, window=7, view_gate=False))
     m.uv_resolution = 256  # K: attribute maps and Gaussian grid
     m.dense_regions = ml_collections.ConfigDict(dict(scalp=2))  # region -> samples per texel side
     m.decoder = ml_collections.ConfigDict(dict(channels=64, id_channels=32))

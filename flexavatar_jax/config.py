@@ -57,13 +57,16 @@ class LifterConfig:
     queries to the image tokens (`queries`), MAE in-fill transformer blocks (`dual_uv`), or
     (global cross-attention + symmetric window) block pairs (`symmetric`).
     Lifter-specific: `global_depth` self-attention blocks over the image tokens before the queries
-    read them (`queries` only); `window` the odd w of the w×w symmetric UV windows (`symmetric` only)."""
+    read them, `view_gate` a learned per-query choice of input views before each cross-attention
+    block (`models/head_queries.py`) (`queries` only); `window` the odd w of the w×w symmetric UV
+    windows (`symmetric` only)."""
 
     width: int = 384
     num_heads: int = 6
     depth: int = 4
     fourier_frequencies: int = 6
     global_depth: int = 2
+    view_gate: bool = False
     window: int = 7
 
 

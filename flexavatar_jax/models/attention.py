@@ -89,14 +89,16 @@ class HeadMerge(nn.Module):
 
 class Attention(nn.Module):
     """Multi-head attention from `queries [b,s,d]` to `keys_values [b,t,d]`; `kv_mask [b,t]`
-    (True = attend) hides padding tokens (e.g. absent input views)."""
+    (True = attend) hides padding tokens (e.g. absent input views); `bias [b,s,t]` is added to
+    every head's logits."""
 
     num_heads: int
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, queries: Float[Array, "b s d"], keys_values: Float[Array, "b t d"],
-                 kv_mask: Bool[Array, "b t"] | None = None) -> Float[Array, "b s d"]:
+                 kv_mask: Bool[Array, "b t"] | None = None,
+                 bias: Float[Array, "b s t"] | None = None) -> Float[Array, "b s d"]:
         d = queries.shape[-1]
         head_dim = head_width(d, self.num_heads)
 
@@ -105,11 +107,13 @@ class Attention(nn.Module):
 
         q, k, v = proj("query", queries), proj("key", keys_values), proj("value", keys_values)
         mask = None if kv_mask is None else kv_mask[:, None, None, :]
+        bias = None if bias is None else bias[:, None].astype(self.dtype)  # the same for every head
         if self.is_mutable_collection("intermediates"):
             # Probes (`models.probes`) read the attention weights [b, heads, s, t]; computed only
             # when the caller asks for intermediates, so training and inference never pay for them.
-            self.sow("intermediates", "weights", nn.dot_product_attention_weights(q, k, mask=mask, dtype=jnp.float32))
-        out = nn.dot_product_attention(q, k, v, mask=mask, dtype=self.dtype)
+            self.sow("intermediates", "weights",
+                     nn.dot_product_attention_weights(q, k, bias=bias, mask=mask, dtype=jnp.float32))
+        out = nn.dot_product_attention(q, k, v, bias=bias, mask=mask, dtype=self.dtype)
         return HeadMerge(d, self.dtype, name="out")(out)
 
 
@@ -135,10 +139,12 @@ class CrossAttentionBlock(nn.Module):
 
     @nn.compact
     def __call__(self, queries: Float[Array, "b s d"], context: Float[Array, "b t d"],
-                 context_mask: Bool[Array, "b t"] | None = None) -> Float[Array, "b s d"]:
+                 context_mask: Bool[Array, "b t"] | None = None,
+                 bias: Float[Array, "b s t"] | None = None) -> Float[Array, "b s d"]:
         c = layer_norm(self.dtype, "norm_context")(context)
         h = layer_norm(self.dtype, "norm_cross")(queries)
-        x = constrain_tokens(queries + Attention(self.num_heads, self.dtype, name="cross_attn")(h, c, context_mask))
+        x = constrain_tokens(queries + Attention(self.num_heads, self.dtype, name="cross_attn")(h, c, context_mask,
+                                                                                               bias))
         return SelfAttentionBlock(self.num_heads, self.mlp_ratio, self.dtype, name="self")(x)
 
 
