@@ -74,6 +74,13 @@ CLAIMS = (
 )
 
 
+# Every input-view count is scored; the tiny evaluation (32 held-out identities × 4 targets).
+VIEWS = {"eval.views": (1, 2, 4)}
+TINY_EVALUATION = {**VIEWS, "data.num_heldout": 32, "eval.num_identities": 32, "eval.num_targets": 4,
+                   "data.memoize_examples": 0, "train.eval_every": 0, "train.image_every": 0,
+                   "eval.turntable_frames": 0}
+
+
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     if arg not in VARIANTS:
         raise ValueError(f"unknown variant {arg!r}: use one of {VARIANTS}")
@@ -82,16 +89,13 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.compute = "fixed_steps"
     c.variants = ALL_VARIANTS
     c.claims = CLAIMS
-    views = {"eval.views": (1, 2, 4)}
     if arg == "tiny":
         c.base_config = "configs/flexavatar.py:tiny"
         c.seeds = (0, 1)
         c.steps = 300
         c.refine_variants = ("baseline",)
         c.refine_identities = 16
-        c.overrides = overrides({**views, "data.num_heldout": 32, "eval.num_identities": 32, "eval.num_targets": 4,
-                                 "data.memoize_examples": 0, "train.eval_every": 0, "train.image_every": 0,
-                                 "eval.turntable_frames": 0})
+        c.overrides = overrides(TINY_EVALUATION)
     elif arg == "base":
         c.base_config = "configs/flexavatar.py:base"
         c.seeds = (0, 1, 2)
@@ -99,7 +103,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.cache = False
         c.slurm_time = "48:00:00"
         c.refine_variants = ("baseline",)
-        c.overrides = overrides({**views, "data.num_identities": 1_000, "data.num_heldout": 64,
+        c.overrides = overrides({**VIEWS, "data.num_identities": 1_000, "data.num_heldout": 64,
                                  "eval.num_identities": 64, "data.worker_count": 8, "train.eval_every": 5_000})
     else:  # smoke
         c.base_config = "configs/flexavatar.py:tiny"
@@ -110,5 +114,5 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.claims = (CLAIMS[0], CLAIMS[-1], ("UNet on vs off, all targets",
                                             "baseline:self/4_views/all/psnr", "no_unet:self/4_views/all/psnr", "+",
                                             "FlexAvatar"))
-        c.overrides = overrides({**MICRO, **views, "data.num_identities": 2})
+        c.overrides = overrides({**MICRO, **VIEWS, "data.num_identities": 2})
     return c

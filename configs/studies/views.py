@@ -15,7 +15,7 @@ model, 32 held-out identities × 4 targets, 1/2/4 views, input-shuffle control):
 
 import ml_collections
 
-from flexavatar_jax.configs.studies.ablations import _views
+from flexavatar_jax.configs.studies.ablations import TINY_EVALUATION, VIEWS, _views
 from flexavatar_jax.configs.studies.identity_scaling import MICRO, overrides
 
 VARIANTS = ("tiny", "smoke")
@@ -46,17 +46,13 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.compute = "fixed_steps"
     c.variants = STUDY_VARIANTS
     c.claims = CLAIMS
-    views = {"eval.views": (1, 2, 4)}
-    if arg == "tiny":
-        c.base_config = "configs/flexavatar.py:tiny"
+    c.base_config = "configs/flexavatar.py:tiny"
+    if arg == "tiny":  # the ablation study's training and evaluation
         c.seeds = (0, 1)
         c.steps = 300
-        c.overrides = overrides({**views, "data.num_heldout": 32, "eval.num_identities": 32, "eval.num_targets": 4,
-                                 "data.memoize_examples": 0, "train.eval_every": 0, "train.image_every": 0,
-                                 "eval.turntable_frames": 0})
+        c.overrides = overrides(TINY_EVALUATION)
     else:  # smoke
-        c.base_config = "configs/flexavatar.py:tiny"
         c.seeds = (0,)
         c.steps = 4
-        c.overrides = overrides({**MICRO, **views, "data.num_identities": 2})
+        c.overrides = overrides({**MICRO, **VIEWS, "data.num_identities": 2})
     return c

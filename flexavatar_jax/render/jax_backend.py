@@ -404,17 +404,23 @@ def _composite_forward_lockstep(packed, flatten_ids, starts, counts, setup: _Til
     return tuple(_by_tile(x, tiles, num_tiles) for x in outputs)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _composite(packed, flatten_ids, starts, counts, setup: _TileSetup):
-    """Composited features [T_total,P,F], transmittance [T_total,P], contributors [T_total,P]."""
-    acc, trans, _, n_contrib, _ = _composite_forward(packed, flatten_ids, starts, counts, setup)
-    return acc, trans, n_contrib
+def _custom_composite(forward, backward):
+    """`composite(packed, flatten_ids, starts, counts, setup)` -> composited features [T_total,P,F],
+    transmittance [T_total,P], contributors [T_total,P], with the hand-written `backward`; the
+    residuals are the inputs and the forward's per-pixel final transmittance and stop position
+    and per-tile chunk count."""
 
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+    def composite(packed, flatten_ids, starts, counts, setup: _TileSetup):
+        acc, trans, _, n_contrib, _ = forward(packed, flatten_ids, starts, counts, setup)
+        return acc, trans, n_contrib
 
-def _composite_fwd(packed, flatten_ids, starts, counts, setup):
-    acc, trans, stop, n_contrib, chunks_run = _composite_forward(packed, flatten_ids, starts, counts, setup)
-    residuals = (packed, flatten_ids, starts, counts, trans, stop, chunks_run)
-    return (acc, trans, n_contrib), residuals
+    def composite_fwd(packed, flatten_ids, starts, counts, setup):
+        acc, trans, stop, n_contrib, chunks_run = forward(packed, flatten_ids, starts, counts, setup)
+        return (acc, trans, n_contrib), (packed, flatten_ids, starts, counts, trans, stop, chunks_run)
+
+    composite.defvjp(composite_fwd, backward)
+    return composite
 
 
 def _pixel_moment_basis(pixels, centre):
@@ -516,20 +522,7 @@ def _composite_bwd(setup, residuals, cotangents):
     return grad, None, None, None
 
 
-_composite.defvjp(_composite_fwd, _composite_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _composite_lockstep(packed, flatten_ids, starts, counts, setup: _TileSetup):
-    """`_composite` computed by the lockstep compositor (same outputs)."""
-    acc, trans, _, n_contrib, _ = _composite_forward_lockstep(packed, flatten_ids, starts, counts, setup)
-    return acc, trans, n_contrib
-
-
-def _composite_lockstep_fwd(packed, flatten_ids, starts, counts, setup):
-    acc, trans, stop, n_contrib, chunks_run = _composite_forward_lockstep(packed, flatten_ids, starts, counts, setup)
-    residuals = (packed, flatten_ids, starts, counts, trans, stop, chunks_run)
-    return (acc, trans, n_contrib), residuals
+_composite = _custom_composite(_composite_forward, _composite_bwd)
 
 
 def _composite_lockstep_bwd(setup, residuals, cotangents):
@@ -586,7 +579,7 @@ def _composite_lockstep_bwd(setup, residuals, cotangents):
     return grad, None, None, None
 
 
-_composite_lockstep.defvjp(_composite_lockstep_fwd, _composite_lockstep_bwd)
+_composite_lockstep = _custom_composite(_composite_forward_lockstep, _composite_lockstep_bwd)
 
 
 # --------------------------------------------------------------------------------------------
