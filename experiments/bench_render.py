@@ -25,7 +25,7 @@ pixels × Gaussians) exceeds `--dense_budget_s`; the JSON then says so.
     python experiments/bench_render.py --backend jax --out out/bench_render.json --repeats 3
 
 GPU suite (`--backend cuda`, or `--suite gpu`): the CUDA backend against the pure-JAX backend on
-the same GPU, and gsplat's CUDA rasterizer when torch + gsplat happen to be importable (imported
+the same GPU (`jax`: lockstep compositor, all tiles at once; `jax_sequential`: tile by tile), and gsplat's CUDA rasterizer when torch + gsplat happen to be importable (imported
 only inside that child process; `--gsplat never` skips it). Scenes (Gaussians, image, cameras):
 80K at 512², 262K at 512², 1M at 1920×1080, 80K at 512² × 8 cameras. Per (scene, implementation),
 in a fresh process: compile time, forward and forward+backward wall time (min/median over
@@ -80,7 +80,9 @@ flags.DEFINE_enum("suite", None, ["cpu", "gpu"],
                   "gpu: CUDA vs JAX backend on GPU_SCENES (default for --backend cuda)")
 flags.DEFINE_enum("gsplat", "auto", ["auto", "always", "never"],
                   "gpu suite: also time gsplat when torch + gsplat are importable")
-flags.DEFINE_string("impls", "cuda,jax", "gpu suite: which of cuda,jax to run (gsplat is controlled by --gsplat)")
+flags.DEFINE_string("impls", "cuda,jax,jax_sequential",
+                    "gpu suite: which of cuda, jax (lockstep compositor) and jax_sequential to run (gsplat is "
+                    "controlled by --gsplat)")
 flags.DEFINE_integer("check_max_gaussians", 300_000,
                      "gpu suite: compare CUDA and JAX images for scenes up to this many Gaussians")
 flags.DEFINE_float("child_timeout_s", 1800.0, "gpu suite: per-process time limit")
@@ -301,13 +303,14 @@ def run_gpu_child(scene_name: str, impl: str, repeats: int, check_max_gaussians:
 
     result["device"] = jax.devices()[0].device_kind
     arrays = tuple(jnp.asarray(x) for x in scene)
-    render = lambda *a: rasterize(*a, width, height, backend=impl)  # noqa: E731
+    backend, compositor = ("jax", "sequential") if impl == "jax_sequential" else (impl, "lockstep")
+    render = lambda *a: rasterize(*a, width, height, backend=backend, compositor=compositor)  # noqa: E731
     result["bytes_in_use_inputs"] = (jax.local_devices()[0].memory_stats() or {}).get("bytes_in_use")
 
     forward = _compile_and_time(render, arrays, repeats, True, result, "peak_gpu_{}_mb",
                                 lambda: (_gpu_peak_bytes() or 0) / 2**20)
 
-    _, _, diag = rasterize(*arrays, width, height, backend=impl, return_diagnostics=True)
+    _, _, diag = rasterize(*arrays, width, height, backend=backend, compositor=compositor, return_diagnostics=True)
     counts = np.asarray(diag.tile_counts)
     result.update(intersections=int(counts.sum()), max_gaussians_in_a_tile=int(counts.max()),
                   overflow=int(np.sum(diag.overflow)), visible_gaussians=int(np.sum(diag.valid)))
@@ -378,7 +381,7 @@ def main_gpu(args) -> int:
     """The GPU suite: CUDA backend vs JAX backend (vs gsplat) per scene, one process each."""
     import platform
 
-    impls = [impl for impl in args.impls.split(",") if impl in ("cuda", "jax")]
+    impls = [impl for impl in args.impls.split(",") if impl in ("cuda", "jax", "jax_sequential")]
     gsplat_note = None
     if args.gsplat == "always" or (args.gsplat == "auto" and _gsplat_importable()):
         impls.append("gsplat")
