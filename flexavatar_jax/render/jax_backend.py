@@ -490,16 +490,23 @@ def _chunk_backward(rows, pixels, centre, basis, live, t_end, cot_acc, cot_t_end
     return jnp.concatenate([cot_geometry, cot_feats], axis=1), t_start, cot_t_start
 
 
+def _tile_geometry(tile, setup: _TileSetup, dtype):
+    """What the backward needs of a tile: pixel centres [P,2], the tile centre, and the pixel
+    moment basis around it (`_pixel_moment_basis`)."""
+    tile_size = setup.tile_size
+    pixels = _tile_pixels(tile, tile_size, setup.n_tiles_x, setup.tiles_per_view, dtype)
+    centre = pixels[0] + 0.5 * (tile_size - 1)
+    return pixels, centre, _pixel_moment_basis(pixels, centre)
+
+
 def _composite_bwd(setup, residuals, cotangents):
     packed, flatten_ids, starts, counts, trans_final, stop, chunks_run = residuals
     cot_acc, cot_trans, _ = cotangents
-    tile_size, n_tiles_x, tiles_per_view, chunk = setup[:4]
+    chunk = setup.chunk
     pad_id = packed.shape[0] - 1
 
     def one_tile(tile, grad):
-        pixels = _tile_pixels(tile, tile_size, n_tiles_x, tiles_per_view, packed.dtype)
-        centre = pixels[0] + 0.5 * (tile_size - 1)
-        basis = _pixel_moment_basis(pixels, centre)
+        pixels, centre, basis = _tile_geometry(tile, setup, packed.dtype)
         start, count, stop_t = starts[tile], counts[tile], stop[tile]
         cot_acc_t = cot_acc[tile]
 
@@ -532,16 +539,11 @@ def _composite_lockstep_bwd(setup, residuals, cotangents):
     are scatter-added in one `.at[ids].add`. The gradient is carried from group to group."""
     packed, flatten_ids, starts, counts, trans_final, stop, chunks_run = residuals
     cot_acc, cot_trans, _ = cotangents
-    tile_size, n_tiles_x, tiles_per_view, chunk, group = setup
+    chunk = setup.chunk
     pad_id = packed.shape[0] - 1
-    tiles, starts, counts = _lockstep_tiles(starts, counts, group)
+    tiles, starts, counts = _lockstep_tiles(starts, counts, setup.group)
     # Per-tile residuals and cotangents grouped [num_groups, G, ...] (the dummy tiles ran no chunk).
     per_group = tuple(_grouped(x, tiles) for x in (trans_final, stop, chunks_run, cot_acc, cot_trans))
-
-    def tile_geometry(tile):
-        pixels = _tile_pixels(tile, tile_size, n_tiles_x, tiles_per_view, packed.dtype)
-        centre = pixels[0] + 0.5 * (tile_size - 1)
-        return pixels, centre, _pixel_moment_basis(pixels, centre)
 
     chunk_rows = jax.vmap(lambda s, c, k: _chunk_rows(packed, flatten_ids, s, c, k, chunk, pad_id),
                           in_axes=(0, 0, None))
@@ -549,7 +551,7 @@ def _composite_lockstep_bwd(setup, residuals, cotangents):
 
     def one_group(grad, xs):
         group_tiles, t_final, stop_g, runs, cot_acc_g, cot_t_final = xs
-        pixels, centre, basis = jax.vmap(tile_geometry)(group_tiles)
+        pixels, centre, basis = jax.vmap(lambda t: _tile_geometry(t, setup, packed.dtype))(group_tiles)
         start, count = starts[group_tiles], counts[group_tiles]
 
         def body(state):
