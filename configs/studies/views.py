@@ -10,6 +10,8 @@ model, 32 held-out identities × 4 targets, 1/2/4 views, input-shuffle control):
   every cross-attention block (`models/head_queries.py`); zero-initialised, camera-free.
 
 * tiny  — 2 variants × 2 seeds on 2 CPU cores (about 30 minutes).
+* long  — the same at 1,200 steps (4× the ablation study, 2× the tiny main job; about 50 minutes):
+          the training-length hypothesis (do the queries learn to select views later?).
 * smoke — the test: a micro model, a few steps.
 """
 
@@ -18,7 +20,7 @@ import ml_collections
 from flexavatar_jax.configs.studies.ablations import TINY_EVALUATION, VIEWS, _views
 from flexavatar_jax.configs.studies.identity_scaling import MICRO, overrides
 
-VARIANTS = ("tiny", "smoke")
+VARIANTS = ("tiny", "long", "smoke")
 
 STUDY_VARIANTS = (
     ("baseline", ()),
@@ -47,9 +49,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.variants = STUDY_VARIANTS
     c.claims = CLAIMS
     c.base_config = "configs/flexavatar.py:tiny"
-    if arg == "tiny":  # the ablation study's training and evaluation
+    if arg in ("tiny", "long"):  # the ablation study's training and evaluation
         c.seeds = (0, 1)
-        c.steps = 300
+        c.steps = 300 if arg == "tiny" else 1200
         c.overrides = overrides(TINY_EVALUATION)
     else:  # smoke
         c.seeds = (0,)
