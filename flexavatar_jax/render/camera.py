@@ -1,7 +1,8 @@
 """Camera helpers. Convention: OpenCV — `viewmat` is world->camera 4x4 (x right, y down, z
 forward), `K` 3x3 pixel intrinsics with pixel centres at +0.5 (pixel (0,0) covers [0,1)²).
 
-All functions are plain jnp and work on host or device, batched over leading axes where noted.
+All functions work on host or device, batched over leading axes where noted: `intrinsics_from_fov`
+and `look_at` compute in numpy when all their inputs are host data and in jnp otherwise.
 """
 
 from __future__ import annotations
@@ -15,11 +16,19 @@ from jaxtyping import Array, Float
 _GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0]).astype(np.float32)
 
 
+def _array_module(*values):
+    """numpy when every value is host data (numbers, lists, numpy arrays: camera sampling in the
+    data pipeline, where one jnp dispatch per op costs milliseconds), else jax.numpy (traced or
+    device arrays). Both give the same matrices up to float32 rounding."""
+    return jnp if any(isinstance(v, jax.Array) for v in values) else np
+
+
 def intrinsics_from_fov(
     fov_y_deg: float | Float[Array, "*b"], width: int, height: int, fov_x_deg: float | None = None
 ) -> Float[Array, "*b 3 3"]:
     """Pinhole intrinsics from a vertical field of view in degrees (square pixels unless
     `fov_x_deg` is given); principal point at the image centre."""
+    jnp = _array_module(fov_y_deg)
     fov_y = jnp.deg2rad(jnp.asarray(fov_y_deg, jnp.float32))
     fy = 0.5 * height / jnp.tan(0.5 * fov_y)
     fx = fy if fov_x_deg is None else 0.5 * width / jnp.tan(0.5 * jnp.deg2rad(fov_x_deg))
@@ -43,6 +52,7 @@ def look_at(
     Raises ValueError (host inputs) when `eye == target`; a view direction parallel to `up`
     falls back to +z as the up hint so the result stays a rotation.
     """
+    jnp = _array_module(eye, target, up)
     eye = jnp.asarray(eye, jnp.float32)
     target = jnp.asarray(target, jnp.float32)
     up = jnp.broadcast_to(jnp.asarray([0.0, 1.0, 0.0] if up is None else up, jnp.float32), eye.shape)
