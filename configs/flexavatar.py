@@ -14,6 +14,12 @@ Override any field on the command line: `--config.model.lifter_type=dual_uv`.
 
 import ml_collections
 
+# The synthetic identities' feature mix (`data.appearance.FeatureMix`: hair styles bald/short/long/fringe,
+# beard none/stubble/full, freckle counts 0/10/40/120, skin tone range); configs import nothing from
+# the package, so the defaults are written out here (a test keeps them equal to FeatureMix's).
+FEATURE_MIX = dict(hair_style_probs=(0.12, 0.40, 0.28, 0.20), beard_probs=(0.6, 0.2, 0.2),
+                   freckle_count_probs=(0.4, 0.2, 0.2, 0.2), skin_tone_range=(0.0, 1.0))
+
 VARIANTS = ("tiny", "base", "large")
 
 
@@ -59,7 +65,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     d.num_heldout = 8
     d.synthetic = ml_collections.ConfigDict(dict(seed=0, uv_resolution=256, frames_per_clip=48,
                                                  clips_per_identity=4, shape_scale=0.8, background="white",
-                                                 event_rate=0.012))
+                                                 event_rate=0.012, **FEATURE_MIX))
     d.min_inputs = 1
     d.max_inputs = 4
     d.num_targets = 4
@@ -67,7 +73,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     d.examples_per_identity = 64
     d.balance = ml_collections.ConfigDict(dict(enabled=True, top_k=4, strength=8.0, min_similarity=0.3))
     d.worker_count = 0
-    d.memoize_examples = 0  # >0: keep up to this many rendered examples in memory (CPU runs; 0 = off)
+    d.memoize_examples = 0  # >0: keep up to this many examples in memory (data read from disk; 0 = off)
     d.cache_dir = ""  # non-empty: keep rendered synthetic examples and eval sets on disk there (studies)
 
     # ---------------------------------------------------------------- losses
@@ -138,7 +144,6 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         d.synthetic.update(uv_resolution=64, frames_per_clip=24, clips_per_identity=1)
         d.num_targets = 2
         d.examples_per_identity = 16
-        d.memoize_examples = 512  # the whole tiny dataset (24 ids x 16 examples): render each once
         lo.perceptual.weight = 0.0
         t.steps = 600
         t.batch_size = 4

@@ -134,10 +134,11 @@ class DataConfig(ExampleConfig):
     anyway for a lifter that reads them) plus: `source` synthetic | vhap (then `vhap_folders`,
     comma-separated); `num_identities` training ids [0, N) (the scaling-law knob); `num_heldout`
     held-out ids; `synthetic` the synthetic world (its `image_size` is `model.image_size`);
-    `worker_count` grain workers; `memoize_examples` > 0 keeps up to that many rendered examples
-    in memory (CPU runs); `cache_dir` (non-empty) keeps every rendered synthetic example and
-    held-out eval set on disk there (`data.cache`), shared by every run whose data are the same
-    (a study's points), so each example is rendered once."""
+    `worker_count` grain workers; `memoize_examples` > 0 keeps up to that many examples in memory
+    (for data read from disk; synthetic examples are a few numbers each, their images are rendered
+    on the device inside the step, `data.ground_truth`); `cache_dir` (non-empty) keeps the held-out
+    eval sets on disk there (`data.cache`), shared by every run whose data are the same (a study's
+    points), so each is rendered once."""
 
     source: str = "synthetic"
     vhap_folders: str = ""

@@ -88,3 +88,19 @@ def test_dataset_config_converts(variant):
 
 def test_model_config_defaults_are_the_base_model():
     assert ModelConfig() == Config.from_dict(flexavatar.get_config("base")).model
+
+
+def test_config_files_feature_mix_is_the_engines_default_and_overridable():
+    from flexavatar_jax.data.appearance import FeatureMix
+
+    assert flexavatar.FEATURE_MIX == dataclasses.asdict(FeatureMix())
+    c = flexavatar.get_config("tiny")
+    c.data.synthetic.hair_style_probs = (1.0, 0.0, 0.0, 0.0)
+    config = Config.from_dict(c)
+    assert config.data.synthetic.feature_mix().hair_style_probs == (1.0, 0.0, 0.0, 0.0)
+    again = Config.from_dict(json.loads(json.dumps(config.to_dict())))  # checkpoints store it as JSON
+    assert again == config and hash(again) == hash(config)
+    assert DatasetConfig.from_dict(synthetic_data.get_config("tiny")).synthetic.feature_mix() == FeatureMix()
+    c.data.synthetic.beard_probs = (0.5, 0.5, 0.5)
+    with pytest.raises(ValueError, match="beard_probs"):
+        Config.from_dict(c)

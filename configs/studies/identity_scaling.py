@@ -51,7 +51,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.convergence_psnr = 17.0
         c.overrides = overrides({
             "data.num_heldout": 32, "eval.num_identities": 32, "eval.num_targets": 4, "eval.batch_size": 4,
-            "data.memoize_examples": 0,  # the study's disk cache holds every example instead
+            "data.memoize_examples": 0,  # examples are rendered on the device in each step
             "train.eval_every": 100, "train.checkpoint_every": 100, "train.image_every": 0,
         })
     elif arg == "base":

@@ -1,16 +1,13 @@
-"""On-disk cache of rendered synthetic data: training examples and held-out eval sets.
+"""On-disk cache of rendered synthetic data: the held-out eval sets.
 
-Synthetic examples are a deterministic function of (world config, example config, seed, index),
-and example `i` belongs to identity `i // examples_per_identity` whatever the number of training
-identities, so every run that shares those settings — the points of an identity-scaling study,
-resumed runs, re-evaluations — can share one rendering of each example. A cache entry is one
+An eval set is a deterministic function of (world config, ids, view count, targets, mode, seed), so
+every run that shares those settings — the points of a study, resumed runs, re-evaluations — can
+share one rendering of it. (Training examples are rendered on the device inside each step,
+`ground_truth.py`, and are not worth keeping.) A cache entry is one
 `.npz` file, written under a temporary name and renamed, so a killed writer never leaves a
 truncated entry under the final name and concurrent writers (cluster jobs of one study) at worst
 render an entry twice. A directory's `key.json` records what its entries were made from; the
 directory name is a hash of it, so changed settings never read stale entries.
-
-On a CPU this is what keeps a large study from being bound by ground-truth rendering (one view
-costs tens of milliseconds here); on an accelerator the data can instead be made on the device.
 """
 
 from __future__ import annotations
@@ -19,7 +16,6 @@ import hashlib
 import io
 import json
 import os
-import threading
 import zipfile
 from collections.abc import Callable
 from typing import Any
@@ -76,37 +72,5 @@ def cached_arrays(directory: str, name: str, build: Callable[[], dict[str, np.nd
     return arrays
 
 
-class DiskCachedSource:
-    """A random-access source whose items are kept as files in `directory` (one `.npz` per index).
-    The wrapped source must be deterministic in the index; `hits`/`misses` count lookups."""
-
-    def __init__(self, source, directory: str):
-        self.source = source
-        self.directory = directory
-        os.makedirs(directory, exist_ok=True)
-        self.hits = 0
-        self.misses = 0
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"example index {index} out of range [0, {len(self)})")
-        path = os.path.join(self.directory, f"{int(index):08d}.npz")
-        hit = load_arrays(path)
-        with self._lock:
-            if hit is None:
-                self.misses += 1
-            else:
-                self.hits += 1
-        if hit is not None:
-            return hit
-        item = self.source[index]
-        save_arrays(path, item)
-        return item
-
-
-__all__ = ["DiskCachedSource", "cached_arrays", "fingerprint", "keyed_directory", "load_arrays", "save_arrays",
+__all__ = ["cached_arrays", "fingerprint", "keyed_directory", "load_arrays", "save_arrays",
            "write_atomic"]

@@ -44,12 +44,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 
 from flexavatar_jax.data import cache, motion
 from flexavatar_jax.data.pipeline import MAX_INPUTS, PARAM_FIELDS
-from flexavatar_jax.data.synthetic import SyntheticWorld
+from flexavatar_jax.data.synthetic import ENGINE_VERSION, SyntheticWorld
+from flexavatar_jax.head import HeadParams
 
 MODES = ("self", "cross")
 # A view is "frontal" when the camera is within ±45° of the face direction (azimuth 0); beyond
@@ -102,23 +103,12 @@ def target_azimuths(rng: np.random.Generator, num_targets: int) -> np.ndarray:
     return wrap_deg(np.concatenate([front, side])).astype(np.float32)
 
 
-def _params_numpy(p) -> dict[str, np.ndarray]:
-    return {f: np.asarray(getattr(p, f), np.float32) for f in PARAM_FIELDS}
-
-
-def render_view(world: SyntheticWorld, ident, params, viewmat, K, background, with_depth: bool = False):
-    """Ground truth of one view: (rgb [H,W,3], alpha [H,W,1]) as float32 host arrays, and with
-    `with_depth` the expected depth [H,W,1] (metres, 0 off the head)."""
-    rgb, alpha, depth = world.render(ident, params, viewmat[None], K[None], background[None])
-    out = (np.asarray(rgb[0], np.float32), np.asarray(alpha[0], np.float32))
-    return (*out, np.asarray(depth[0], np.float32)) if with_depth else out
-
-
-def _example(world: SyntheticWorld, identity_id: int, driver_id: int, num_views: int, num_targets: int,
-             mode: str, seed: int) -> dict[str, np.ndarray]:
+def _spec(world: SyntheticWorld, identity_id: int, driver_id: int, num_views: int, num_targets: int,
+          mode: str, seed: int) -> dict[str, np.ndarray]:
+    """One row without its images: the draws (host, small numbers) and the views' specs."""
     size = world.config.image_size
-    ident = world.identity(int(identity_id))
-    driver = world.identity(int(driver_id))
+    ident = world.identity_motion(int(identity_id))
+    driver = world.identity_motion(int(driver_id))
 
     # Inputs: MAX_INPUTS ordinary frames and cameras are drawn whatever num_views is (so fewer views
     # are a prefix of more); the first camera is frontal so a single view shows the face.
@@ -158,60 +148,72 @@ def _example(world: SyntheticWorld, identity_id: int, driver_id: int, num_views:
     in_backgrounds = world.backgrounds(rng, MAX_INPUTS)
     tgt_backgrounds = world.backgrounds(rng, num_targets)
 
+    real = np.arange(MAX_INPUTS) < num_views
+    no_shape = np.zeros(world.model.num_shape, np.float32)
+    # Cross mode: the driver's whole frame (expression, jaw, eyes, poses, translation) on identity
+    # i's shape (filled in by the renderer) and appearance.
+    in_params = [ident.flat_frame_params(int(f), no_shape) for f in in_frames]
+    tgt_params = [driver.flat_frame_params(int(f), no_shape) for f in tgt_frames]
     ex: dict[str, np.ndarray] = {
         "identity": np.int64(identity_id),
         "driver_identity": np.int64(driver_id),
         "num_inputs": np.int32(num_views),
-        "input_mask": np.arange(MAX_INPUTS) < num_views,
-        "input_frame": np.where(np.arange(MAX_INPUTS) < num_views, in_frames, -1).astype(np.int32),
-        "input_images": np.zeros((MAX_INPUTS, size, size, 3), np.float32),
-        "input_alphas": np.zeros((MAX_INPUTS, size, size, 1), np.float32),
-        "input_viewmats": np.tile(np.eye(4, dtype=np.float32), (MAX_INPUTS, 1, 1)),
-        "input_Ks": np.tile(np.eye(3, dtype=np.float32), (MAX_INPUTS, 1, 1)),
-        "input_azimuth_deg": np.where(np.arange(MAX_INPUTS) < num_views, in_azimuths, np.nan).astype(np.float32),
+        "input_mask": real,
+        "input_frame": np.where(real, in_frames, -1).astype(np.int32),
+        "input_viewmats": np.where(real[:, None, None], in_viewmats, np.eye(4, dtype=np.float32)).astype(np.float32),
+        "input_Ks": np.where(real[:, None, None], in_Ks, np.eye(3, dtype=np.float32)).astype(np.float32),
+        "input_azimuth_deg": np.where(real, in_azimuths, np.nan).astype(np.float32),
+        "input_backgrounds": np.where(real[:, None], in_backgrounds, 0.0).astype(np.float32),
         "target_frame": tgt_frames.astype(np.int32),
-        "target_viewmats": tgt_viewmats,
-        "target_Ks": cams.Ks,
+        "target_viewmats": tgt_viewmats.astype(np.float32),
+        "target_Ks": cams.Ks.astype(np.float32),
         "target_marginal": driver.marginal[tgt_frames],
         "target_azimuth_deg": tgt_azimuths,
         "target_backgrounds": tgt_backgrounds,
+        # All MAX_INPUTS input slots are rendered (padded ones, with 0 parameters, are masked out).
+        "_render_viewmats": np.concatenate([in_viewmats, tgt_viewmats]).astype(np.float32),
+        "_render_Ks": np.concatenate([in_Ks, cams.Ks]).astype(np.float32),
     }
-    input_params = {f: np.zeros((MAX_INPUTS, *np.shape(getattr(ident.frame_params(0, 0), f))), np.float32)
-                    for f in PARAM_FIELDS}
-    for k in range(num_views):
-        p = ident.frame_params(*ident.frame_index(int(in_frames[k])))
-        ex["input_images"][k], ex["input_alphas"][k] = render_view(world, ident, p, in_viewmats[k], in_Ks[k],
-                                                                   in_backgrounds[k])
-        ex["input_viewmats"][k], ex["input_Ks"][k] = in_viewmats[k], in_Ks[k]
-        for f, value in _params_numpy(p).items():
-            input_params[f][k] = value
-
-    images, alphas, depths, target_params = [], [], [], []
-    for t, frame in enumerate(tgt_frames):
-        # Cross mode: the driver's whole frame (expression, jaw, eyes, poses, translation) on
-        # identity i's shape and appearance.
-        p = driver.frame_params(*driver.frame_index(int(frame))).replace(shape=jnp.asarray(ident.shape))
-        rgb, alpha, depth = render_view(world, ident, p, tgt_viewmats[t], cams.Ks[t], tgt_backgrounds[t],
-                                        with_depth=True)
-        images.append(rgb)
-        alphas.append(alpha)
-        depths.append(depth)
-        target_params.append(_params_numpy(p))
-    ex["target_images"] = np.stack(images)
-    ex["target_alphas"] = np.stack(alphas)
-    ex["target_depths"] = np.stack(depths)
-    for f in PARAM_FIELDS:
-        ex[f"input_{f}"] = input_params[f]
-        ex[f"target_{f}"] = np.stack([p[f] for p in target_params])
+    for f in PARAM_FIELDS[1:]:
+        values = np.stack([np.asarray(getattr(p, f), np.float32) for p in in_params])
+        ex[f"input_{f}"] = np.where(real[:, None], values, 0.0).astype(np.float32)
+        ex[f"target_{f}"] = np.stack([np.asarray(getattr(p, f), np.float32) for p in tgt_params])
     return ex
 
 
+def _render_rows(world: SyntheticWorld, rows: dict[str, np.ndarray], chunk: int) -> dict[str, np.ndarray]:
+    """Images of stacked spec rows, `chunk` rows per engine call (`SyntheticWorld.render_views`)."""
+    n = len(rows["identity"])
+    parts = []
+    for start in range(0, n, chunk):
+        sl = slice(start, start + chunk)
+        both = lambda f: np.concatenate([rows[f"input_{f}"][sl], rows[f"target_{f}"][sl]], axis=1)  # noqa: E731
+        params = HeadParams(shape=None, **{f: both(f) for f in PARAM_FIELDS[1:]})
+        out = world.render_views(rows["identity"][sl], params, rows["_render_viewmats"][sl], rows["_render_Ks"][sl],
+                                 both("backgrounds"), with_depth=True)
+        parts.append(jax.device_get(out))
+    out = {k: np.concatenate([p[k] for p in parts]).astype(np.float32) for k in parts[0]}
+    real = rows["input_mask"][:, :, None, None, None]
+    num_targets = rows["target_viewmats"].shape[1]
+    shape = out["shape"][:, None]
+    return {
+        "input_images": np.where(real, out["rgb"][:, :MAX_INPUTS], 0.0).astype(np.float32),
+        "input_alphas": np.where(real, out["alpha"][:, :MAX_INPUTS], 0.0).astype(np.float32),
+        "input_shape": np.where(rows["input_mask"][:, :, None], shape, 0.0).astype(np.float32),
+        "target_images": out["rgb"][:, MAX_INPUTS:],
+        "target_alphas": out["alpha"][:, MAX_INPUTS:],
+        "target_depths": out["depth"][:, MAX_INPUTS:],
+        "target_shape": np.repeat(shape, num_targets, axis=1),
+    }
+
+
 def build_eval_set(world: SyntheticWorld, identity_ids: Sequence[int], num_views: int, num_targets: int,
-                   mode: str = "self", seed: int = 0) -> dict[str, np.ndarray]:
+                   mode: str = "self", seed: int = 0, chunk: int = 8) -> dict[str, np.ndarray]:
     """The eval set (module docstring) of `identity_ids` (normally `synthetic.heldout_ids(n)`):
     one row per identity with `num_views` (1–4) inputs and `num_targets` targets. Deterministic in
     (world config, ids, mode, seed). Cross mode drives identity k by identity k+1 (cyclically), so it
-    needs at least two distinct ids."""
+    needs at least two distinct ids. The host draws every row's frames and cameras; the engine
+    renders `chunk` rows (all their views) per call."""
     ids = [int(i) for i in identity_ids]
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -226,8 +228,10 @@ def build_eval_set(world: SyntheticWorld, identity_ids: Sequence[int], num_views
     if mode == "cross" and len(ids) < 2:
         raise ValueError("cross reenactment needs at least two identities (one drives the other)")
     drivers = ids if mode == "self" else ids[1:] + ids[:1]
-    rows = [_example(world, i, j, num_views, num_targets, mode, seed) for i, j in zip(ids, drivers)]
-    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    specs = [_spec(world, i, j, num_views, num_targets, mode, seed) for i, j in zip(ids, drivers)]
+    rows = {k: np.stack([r[k] for r in specs]) for k in specs[0]}
+    rows.update(_render_rows(world, rows, chunk))
+    return {k: v for k, v in rows.items() if not k.startswith("_")}
 
 
 def with_num_views(eval_set: dict[str, np.ndarray], num_views: int) -> dict[str, np.ndarray]:
@@ -272,11 +276,12 @@ def cached_eval_set(world: SyntheticWorld, identity_ids: Sequence[int], num_view
     build = lambda: build_eval_set(world, identity_ids, num_views, num_targets, mode, seed)  # noqa: E731
     if not cache_dir:
         return build()
-    # `format` names the eval-set layout: 2 added target_depths (an older entry is not reused).
+    # `format` names the eval-set layout: 2 added target_depths, 3 input/target_backgrounds (an
+    # older entry is not reused); `engine` what an id renders to.
     key = {"world": dataclasses.asdict(world.config), "ids": [int(i) for i in identity_ids], "views": num_views,
-           "targets": num_targets, "mode": mode, "seed": seed, "format": 2}
+           "targets": num_targets, "mode": mode, "seed": seed, "format": 3, "engine": ENGINE_VERSION}
     return cache.cached_arrays(cache.keyed_directory(cache_dir, "eval_sets", key), "eval_set", build)
 
 
-__all__ = ["FRONTAL_MAX_AZIMUTH_DEG", "MODES", "build_eval_set", "cached_eval_set", "render_view", "target_azimuths",
+__all__ = ["FRONTAL_MAX_AZIMUTH_DEG", "MODES", "build_eval_set", "cached_eval_set", "target_azimuths",
            "with_inputs_of_next", "with_num_views", "wrap_deg"]

@@ -33,6 +33,7 @@ from flexavatar_jax.render.camera import camera_center
 
 MAX_INPUTS = 4
 PARAM_FIELDS = ("shape", "expression", "global_pose", "neck_pose", "jaw_pose", "eyes_pose", "translation")
+SPEC_PARAM_FIELDS = PARAM_FIELDS[1:]  # what the host sends per view: the identity supplies the shape
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +65,26 @@ def _params_dict(p: HeadParams) -> dict[str, np.ndarray]:
     return {f: np.asarray(getattr(p, f), np.float32) for f in PARAM_FIELDS}
 
 
+@dataclasses.dataclass(frozen=True)
+class ViewSpec:
+    """What the device needs to render one synthetic view (`SyntheticWorld.render_views`): the
+    frame's head parameters without the shape (the identity supplies it), the OpenCV `viewmat`,
+    `K`, the `background` colour and the camera azimuth (degrees, 0 = frontal)."""
+
+    params: dict[str, np.ndarray]
+    viewmat: np.ndarray
+    K: np.ndarray
+    background: np.ndarray
+    azimuth_deg: float
+
+
 class SyntheticFrames:
-    """On-the-fly synthetic frames of identities `ids` (default: the first N training ids)."""
+    """Synthetic frames of identities `ids` (default: the first N training ids), rendered on the
+    device: `view_spec` is all the host computes per view (a few dozen numbers); `view` renders
+    one view through the engine (for inspection and tests; the training pipeline renders whole
+    batches, `ground_truth.py`)."""
+
+    renders_on_device = True
 
     def __init__(self, world: SyntheticWorld, num_identities: int | None = None, ids: np.ndarray | None = None):
         if (num_identities is None) == (ids is None):
@@ -77,6 +96,9 @@ class SyntheticFrames:
     def num_identities(self) -> int:
         return len(self.ids)
 
+    def world_id(self, identity: int) -> int:
+        return int(self.ids[identity])
+
     def num_frames(self, identity: int) -> int:
         return self.world.config.frames_per_identity
 
@@ -84,27 +106,36 @@ class SyntheticFrames:
         return None
 
     def expression_codes(self, identity: int) -> np.ndarray:
-        ident = self.world.identity(int(self.ids[identity]))
-        cat = lambda f: np.concatenate([getattr(c, f) for c in ident.clips])  # noqa: E731
-        return balance.expression_codes(cat("expression"), cat("jaw_pose"), cat("eyes_pose"))
+        m = self.world.identity_motion(self.world_id(identity))
+        return balance.expression_codes(m.concatenated("expression"), m.concatenated("jaw_pose"),
+                                        m.concatenated("eyes_pose"))
 
     def marginal(self, identity: int) -> np.ndarray:
-        return self.world.identity(int(self.ids[identity])).marginal
+        return self.world.identity_motion(self.world_id(identity)).marginal
 
     def camera(self, identity: int, frame: int, camera: int) -> motion.CameraSet:
-        rng = np.random.default_rng([self.world.config.seed, int(self.ids[identity]), 7, frame, camera])
+        rng = np.random.default_rng([self.world.config.seed, self.world_id(identity), 7, frame, camera])
         size = self.image_size
         return motion.sample_cameras(rng, 1, size, size)
 
-    def view(self, identity: int, frame: int, camera: int) -> View:
-        ident = self.world.identity(int(self.ids[identity]))
-        clip, t = ident.frame_index(frame)
-        params = ident.frame_params(clip, t)
+    def view_spec(self, identity: int, frame: int, camera: int) -> ViewSpec:
+        m = self.world.identity_motion(self.world_id(identity))
+        params = _params_dict(m.flat_frame_params(frame, np.zeros(self.world.model.num_shape, np.float32)))
+        del params["shape"]
         cams = self.camera(identity, frame, camera)
-        rng = np.random.default_rng([self.world.config.seed, int(self.ids[identity]), 8, frame, camera])
-        rgb, alpha, _ = self.world.render(ident, params, cams.viewmats, cams.Ks, self.world.backgrounds(rng, 1))
-        return View(image=np.asarray(rgb[0]), alpha=np.asarray(alpha[0]), viewmat=cams.viewmats[0], K=cams.Ks[0],
-                    params=_params_dict(params), azimuth_deg=float(cams.azimuth_deg[0]))
+        rng = np.random.default_rng([self.world.config.seed, self.world_id(identity), 8, frame, camera])
+        return ViewSpec(params=params, viewmat=cams.viewmats[0], K=cams.Ks[0], background=self.world.backgrounds(rng, 1)[0],
+                        azimuth_deg=float(cams.azimuth_deg[0]))
+
+    def view(self, identity: int, frame: int, camera: int) -> View:
+        spec = self.view_spec(identity, frame, camera)
+        lead = lambda x: np.asarray(x)[None, None]  # noqa: E731
+        params = HeadParams(shape=None, **{f: lead(v) for f, v in spec.params.items()})
+        out = self.world.render_views([self.world_id(identity)], params, lead(spec.viewmat), lead(spec.K),
+                                      lead(spec.background))
+        shape = np.asarray(out["shape"][0], np.float32)
+        return View(image=np.asarray(out["rgb"][0, 0]), alpha=np.asarray(out["alpha"][0, 0]), viewmat=spec.viewmat,
+                    K=spec.K, params={"shape": shape, **spec.params}, azimuth_deg=spec.azimuth_deg)
 
 
 class VHAPFrames:
@@ -237,6 +268,8 @@ class ExampleSource:
         else:
             tgt_frames = rng.choice(n_frames, size=cfg.num_targets, p=self._frame_probabilities(identity))
             tgt_cams = [self._camera(rng, identity, int(f)) for f in tgt_frames]
+        if getattr(self.frames, "renders_on_device", False):
+            return self._spec_example(identity, n_in, recon, in_frames, in_cams, tgt_frames, tgt_cams)
         inputs = [self.frames.view(identity, int(f), c) for f, c in zip(in_frames, in_cams)]
         targets = [self.frames.view(identity, int(f), c) for f, c in zip(tgt_frames, tgt_cams)]
         marginal = self.frames.marginal(identity)
@@ -259,16 +292,44 @@ class ExampleSource:
             ex[f"target_{f}"] = np.stack([v.params[f] for v in targets])
         ex["input_images"][:n_in] = np.stack([v.image for v in inputs])
         if cfg.input_annotations:
-            ex["input_viewmats"] = np.tile(np.eye(4, dtype=np.float32), (MAX_INPUTS, 1, 1))
-            ex["input_Ks"] = np.tile(np.eye(3, dtype=np.float32), (MAX_INPUTS, 1, 1))
-            ex["input_alphas"] = np.zeros((MAX_INPUTS, size, size, 1), np.float32)
-            ex["input_viewmats"][:n_in] = np.stack([v.viewmat for v in inputs])
-            ex["input_Ks"][:n_in] = np.stack([v.K for v in inputs])
-            ex["input_alphas"][:n_in] = np.stack([v.alpha for v in inputs])
+            ex["input_viewmats"] = _padded([v.viewmat for v in inputs], np.eye(4, dtype=np.float32))
+            ex["input_Ks"] = _padded([v.K for v in inputs], np.eye(3, dtype=np.float32))
+            ex["input_alphas"] = _padded([v.alpha for v in inputs], 0.0)
             for f in PARAM_FIELDS:
-                arr = np.stack([v.params[f] for v in inputs])
-                ex[f"input_{f}"] = np.concatenate([arr, np.zeros((MAX_INPUTS - n_in, *arr.shape[1:]), np.float32)])
+                ex[f"input_{f}"] = _padded([v.params[f] for v in inputs], 0.0)
         return ex
+
+    def _spec_example(self, identity, n_in, recon, in_frames, in_cams, tgt_frames, tgt_cams) -> dict[str, np.ndarray]:
+        """An example of a device-rendered source: the specs of its views, no images (module
+        docstring; `ground_truth.render_example_batch` turns a batch of them into images)."""
+        inputs = [self.frames.view_spec(identity, int(f), c) for f, c in zip(in_frames, in_cams)]
+        targets = [self.frames.view_spec(identity, int(f), c) for f, c in zip(tgt_frames, tgt_cams)]
+        ex = {
+            "identity": np.int64(identity),
+            "world_id": np.int32(self.frames.world_id(identity)),
+            "reconstruction_mode": np.bool_(recon),
+            "num_inputs": np.int32(n_in),
+            "input_mask": np.arange(MAX_INPUTS) < n_in,
+            "input_viewmats": _padded([v.viewmat for v in inputs], np.eye(4, dtype=np.float32)),
+            "input_Ks": _padded([v.K for v in inputs], np.eye(3, dtype=np.float32)),
+            "input_backgrounds": _padded([v.background for v in inputs], 0.0),
+            "target_viewmats": np.stack([v.viewmat for v in targets]).astype(np.float32),
+            "target_Ks": np.stack([v.K for v in targets]).astype(np.float32),
+            "target_backgrounds": np.stack([v.background for v in targets]).astype(np.float32),
+            "target_marginal": self.frames.marginal(identity)[tgt_frames],
+            "target_azimuth_deg": np.array([v.azimuth_deg for v in targets], np.float32),
+        }
+        for f in SPEC_PARAM_FIELDS:
+            ex[f"input_{f}"] = _padded([v.params[f] for v in inputs], 0.0)
+            ex[f"target_{f}"] = np.stack([v.params[f] for v in targets]).astype(np.float32)
+        return ex
+
+
+def _padded(rows: list[np.ndarray], pad) -> np.ndarray:
+    """[MAX_INPUTS, ...] float32: the rows, then `pad` (a scalar or an array of a row's shape)."""
+    rows = [np.asarray(r, np.float32) for r in rows]
+    fill = np.broadcast_to(np.asarray(pad, np.float32), rows[0].shape)
+    return np.stack(rows + [fill] * (MAX_INPUTS - len(rows)))
 
 
 def make_loader(source: ExampleSource, batch_size: int, seed: int, *, num_epochs: int | None = None,

@@ -1,14 +1,27 @@
-"""Synthetic identities and their ground-truth renders (the embedded default data).
+"""Synthetic identities and their ground-truth renders (the embedded default data), on the device.
 
-An identity is a deterministic function of an integer id (and the world seed): shape coefficients,
-a baked UV appearance with wrinkle maps and a hair style (`appearance.py`), and clips of
-expression/pose trajectories (`motion.py`). Ground truth is rendered with the project's own Gaussian
-rasterizer from dense surface Gaussians (one per valid UV texel, flat along the surface normal) plus
-an off-surface hair shell, giving RGB, alpha and expected depth.
+An identity is a deterministic function of an integer id (and the world seed):
+
+* its **look** — shape coefficients, the baked UV appearance with wrinkle maps and a hair style —
+  is `appearance.synthesize_identity`, a pure jittable JAX function of (seed, id): nothing about
+  an identity is computed on the host, and the same id gives bitwise the same arrays under jit,
+  vmap and at any batch position;
+* its **motion** — clips of expression/pose trajectories (`motion.py`) — stays on the host, drawn
+  from `numpy.random.default_rng([seed, id, 3])`: a clip costs well under a millisecond, the
+  host needs the frames' expression codes anyway to balance the expression distribution
+  (`balance.py`) and to label marginal frames, and what it sends the device per view is a few
+  dozen numbers (the frame's parameters, a camera, a background colour).
+
+Ground truth is rendered with the project's own Gaussian rasterizer from dense surface Gaussians
+(one per valid UV texel, flat along the surface normal) plus an off-surface hair shell, giving RGB,
+alpha and expected depth. `render_views` is the one engine: a jitted function of (ids, per-view
+parameters, cameras, backgrounds) that synthesises each row's identity and renders all its views
+(vmap over rows and views); training (`ground_truth.py`, on the device right before the step),
+the held-out eval sets, `make-dataset` and `preview-data` all render through it.
 
 Identity ids: training ids are `0, 1, 2, ...` (a dataset of N training identities is ids
 `[0, N)`, so scaling studies vary only N); held-out ids are `HELDOUT_OFFSET + k`, disjoint by
-construction.
+construction; every id is below `appearance.MAX_IDENTITY_ID`.
 """
 
 from __future__ import annotations
@@ -28,16 +41,27 @@ from flexavatar_jax.head import uv as uvt
 from flexavatar_jax.head.procedural import load_procedural_arrays, load_procedural_head
 from flexavatar_jax.head.rotations import matrix_to_quat
 from flexavatar_jax.render import rasterize
+from flexavatar_jax.render.common import RasterOptions
 
 HELDOUT_OFFSET = 1_000_000
 BACKGROUNDS = ("white", "black", "random")
+# Ground truth is rendered as a vmapped batch of single views: there the sequential compositor is
+# the fastest (24 views of 4,656 Gaussians at 64² on 2 CPU cores: 273 ms against 675 ms for the
+# lockstep default, which is built for many tiles of one view; `experiments/bench_data.py`).
+GROUND_TRUTH_RASTER = RasterOptions(compositor="sequential")
+# Version of what an id renders to: part of every cache key of rendered data (2: the JAX engine).
+ENGINE_VERSION = 2
+_MIX_DEFAULTS = app.FeatureMix()
 
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
     """`uv_resolution`: Gaussians (and texture texels) per UV side; `image_size`: rendered
-    resolution; `frames_per_clip` × `clips_per_identity` frames per identity; `shape_scale`: std of
-    the shape coefficients; `background`: white | black | random (per image)."""
+    resolution (a multiple of the renderer's 16-pixel tile); `frames_per_clip` ×
+    `clips_per_identity` frames per identity; `shape_scale`: std of the shape coefficients;
+    `background`: white | black | random (per image). The feature mix (`appearance.FeatureMix`):
+    `hair_style_probs` over `appearance.HAIR_STYLES`, `beard_probs` over `appearance.BEARD_STRENGTHS`,
+    `freckle_count_probs` over `appearance.FRECKLE_COUNTS`, `skin_tone_range` (0 light … 1 dark)."""
 
     seed: int = 0
     uv_resolution: int = 128
@@ -47,6 +71,10 @@ class SyntheticConfig:
     shape_scale: float = 0.8
     background: str = "white"
     event_rate: float = 0.012
+    hair_style_probs: tuple[float, ...] = _MIX_DEFAULTS.hair_style_probs
+    beard_probs: tuple[float, ...] = _MIX_DEFAULTS.beard_probs
+    freckle_count_probs: tuple[float, ...] = _MIX_DEFAULTS.freckle_count_probs
+    skin_tone_range: tuple[float, float] = _MIX_DEFAULTS.skin_tone_range
 
     def __post_init__(self):
         if self.background not in BACKGROUNDS:
@@ -54,6 +82,16 @@ class SyntheticConfig:
         for field in ("uv_resolution", "image_size", "frames_per_clip", "clips_per_identity"):
             if getattr(self, field) < 1:
                 raise ValueError(f"SyntheticConfig.{field} must be >= 1, got {getattr(self, field)}")
+        tile = RasterOptions().tile_size
+        if self.image_size % tile:
+            raise ValueError(f"SyntheticConfig.image_size={self.image_size} is not a multiple of the renderer's "
+                             f"{tile}-pixel tile (use e.g. {max(tile, self.image_size // tile * tile)})")
+        self.feature_mix()  # validates the mix
+
+    def feature_mix(self) -> app.FeatureMix:
+        return app.FeatureMix(hair_style_probs=tuple(self.hair_style_probs), beard_probs=tuple(self.beard_probs),
+                              freckle_count_probs=tuple(self.freckle_count_probs),
+                              skin_tone_range=tuple(self.skin_tone_range))
 
     @property
     def frames_per_identity(self) -> int:
@@ -69,36 +107,25 @@ def heldout_ids(num_identities: int) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class Identity:
-    """Everything that defines one synthetic person; arrays are numpy.
-
-    Per-Gaussian arrays cover the surface samples followed by the hair-shell candidates (a fixed set
-    for every identity, so render shapes are static; uncovered hair Gaussians have opacity 0)."""
+class IdentityMotion:
+    """The host half of an identity: its clips (numpy), and what the data pipeline reads of them."""
 
     identity_id: int
-    shape: np.ndarray  # [S]
-    colors: np.ndarray  # [N,3] albedo (shading baked)
-    wrinkles: np.ndarray  # [N,W]
-    opacity: np.ndarray  # [N]
-    hair_offset: np.ndarray  # [N] metres along the normal (0 on the skin)
-    base_scale: np.ndarray  # [N,3] in the (t, b, n) frame
     clips: tuple[motion.Clip, ...]
-    hair_style: str
-    skin_tone: float
-
-    def frame_params(self, clip: int, frame: int) -> HeadParams:
-        c = self.clips[clip]
-        return HeadParams(shape=jnp.asarray(self.shape), expression=jnp.asarray(c.expression[frame]),
-                          global_pose=jnp.asarray(c.global_pose[frame]), neck_pose=jnp.asarray(c.neck_pose[frame]),
-                          jaw_pose=jnp.asarray(c.jaw_pose[frame]), eyes_pose=jnp.asarray(c.eyes_pose[frame]),
-                          translation=jnp.asarray(c.translation[frame]))
 
     def frame_index(self, flat_frame: int) -> tuple[int, int]:
         per_clip = len(self.clips[0])
         return flat_frame // per_clip, flat_frame % per_clip
 
-    def gaussian_arrays(self) -> dict[str, jnp.ndarray]:
-        return {k: jnp.asarray(getattr(self, k)) for k in ("colors", "wrinkles", "opacity", "hair_offset", "base_scale")}
+    def frame_params(self, clip: int, frame: int, shape) -> HeadParams:
+        """The frame's head parameters (numpy float32) on the shape coefficients `shape`."""
+        c = self.clips[clip]
+        return HeadParams(shape=np.asarray(shape, np.float32), expression=c.expression[frame],
+                          global_pose=c.global_pose[frame], neck_pose=c.neck_pose[frame], jaw_pose=c.jaw_pose[frame],
+                          eyes_pose=c.eyes_pose[frame], translation=c.translation[frame])
+
+    def flat_frame_params(self, flat_frame: int, shape) -> HeadParams:
+        return self.frame_params(*self.frame_index(flat_frame), shape)
 
     @property
     def num_frames(self) -> int:
@@ -112,12 +139,47 @@ class Identity:
     def expressions(self) -> np.ndarray:
         return np.concatenate([c.expression for c in self.clips])
 
+    def concatenated(self, field: str) -> np.ndarray:
+        return np.concatenate([getattr(c, field) for c in self.clips])
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity(IdentityMotion):
+    """Everything that defines one synthetic person, on the host (numpy): the motion plus a copy of
+    the arrays `appearance.synthesize_identity` made on the device. For inspection, previews,
+    `make-dataset` and tests; training never brings an identity to the host.
+
+    Per-Gaussian arrays cover the surface samples followed by the hair-shell candidates (a fixed set
+    for every identity, so render shapes are static; uncovered hair Gaussians have opacity 0)."""
+
+    shape: np.ndarray = None  # [S]
+    colors: np.ndarray = None  # [N,3] albedo (shading baked)
+    wrinkles: np.ndarray = None  # [N,W]
+    opacity: np.ndarray = None  # [N]
+    hair_offset: np.ndarray = None  # [N] metres along the normal (0 on the skin)
+    base_scale: np.ndarray = None  # [N,3] in the (t, b, n) frame
+    hair_style: str = ""
+    skin_tone: float = 0.0
+    beard: float = 0.0
+
+    def frame_params(self, clip: int, frame: int, shape=None) -> HeadParams:
+        """The frame's head parameters on this identity's shape (or `shape`)."""
+        return super().frame_params(clip, frame, self.shape if shape is None else shape)
+
+    def gaussian_arrays(self) -> dict[str, np.ndarray]:
+        return {k: getattr(self, k) for k in GAUSSIAN_FIELDS}
+
+
+GAUSSIAN_FIELDS = ("shape", "colors", "wrinkles", "opacity", "hair_offset", "base_scale")
+
 
 class SyntheticWorld:
-    """The procedural head + sampling layout shared by all identities of a config.
+    """The procedural head, its sample layout and the identity synthesis shared by all identities
+    of a config.
 
-    `identity(i)` builds (and caches) identity `i`; `render(identity, params, viewmats, Ks)` renders
-    ground truth. Everything is deterministic in (config, id)."""
+    `identity_arrays(ids)` synthesises identities on the device; `render_views(ids, ...)` renders
+    ground truth (the engine); `identity_motion(i)` is an identity's host half (clips); `identity(i)`
+    brings everything of one identity to the host. Deterministic in (config, id)."""
 
     def __init__(self, config: SyntheticConfig, model: HeadModel | None = None):
         self.config = config
@@ -126,67 +188,62 @@ class SyntheticWorld:
         if len(self.expression_names) != self.model.num_expression:
             raise ValueError("the synthetic engine needs the procedural head (its named expression components)")
         self.expression_index = {n: i for i, n in enumerate(self.expression_names)}
-        k = config.uv_resolution
-        surface = uvt.sampling_grid(self.model, k)
-        hair_candidates = app.hair_region(self.model, k, "long") | app.hair_region(self.model, k, "fringe")
-        in_hair = hair_candidates[surface.texel[:, 0], surface.texel[:, 1]]
-        hair = surface.subset(in_hair)
-        self.num_surface = len(surface)
-        self.samples = uvt.UVSamples(
-            face=np.concatenate([surface.face, hair.face]), bary=np.concatenate([surface.bary, hair.bary]),
-            uv=np.concatenate([surface.uv, hair.uv]), texel=np.concatenate([surface.texel, hair.texel]),
-            dense=np.concatenate([np.zeros(len(surface), bool), np.ones(len(hair), bool)]))
-        # World extent of one texel along its longer UV direction: anisotropic charts (ears,
-        # eyeballs) would leave gaps with the isotropic sqrt(area ratio).
-        du, dv, _ = uvt.uv_jacobian(self.model, self.samples, self.model.v_template)
-        edge = np.maximum(np.linalg.norm(np.asarray(du), axis=-1), np.linalg.norm(np.asarray(dv), axis=-1)) / k
-        # Grazing-ray faces of the shrink-wrapped skin have huge derivatives: cap them so no
-        # Gaussian spikes out of the surface.
-        self._texel_edge = np.minimum(edge, 3.0 * np.median(edge))
+        self.tables = app.identity_tables(self.model, config.uv_resolution, config.shape_scale)
+        self.mix = config.feature_mix()
+        self.samples: uvt.UVSamples = self.tables.samples
+        self.num_surface = int(self.tables.num_surface)
 
     @property
     def num_gaussians(self) -> int:
         return len(self.samples)
 
-    def _rng(self, identity_id: int, stream: int) -> np.random.Generator:
-        return np.random.default_rng([self.config.seed, int(identity_id), stream])
+    # ------------------------------------------------------------------------------------ identities
+    def _synthesize(self, ids: Array) -> dict[str, Array]:
+        """Traceable: the identities of `ids [B]` (int32), a dict of [B, ...] arrays.
+
+        One identity at a time (`lax.map`): every batch size and position runs the same compiled
+        loop body, so an id's arrays are bitwise the same in any batch. (A vmapped batch lets
+        XLA:CPU pick another vector/scalar code path per batch size — measured: last-bit
+        differences in the colours — and it is not faster here: 0.45 vs 0.66 ms per identity at
+        K=64.) A one-id batch is padded to two, as XLA inlines a one-trip loop into its caller."""
+        one = functools.partial(app.synthesize_identity, self.tables, self.mix, self.config.seed)
+        n = ids.shape[0]
+        out = jax.lax.map(one, ids if n > 1 else jnp.concatenate([ids, ids]))
+        return jax.tree.map(lambda x: x[:n], out)
+
+    @functools.cached_property
+    def _identity_fn(self):
+        return jax.jit(self._synthesize)
+
+    def identity_arrays(self, ids) -> dict[str, Array]:
+        """Identities `ids` (host integers, validated) synthesised on the device: dict of [B, ...]."""
+        ids = app.check_identity_ids(ids)
+        return self._identity_fn(jnp.asarray(ids, jnp.int32))
+
+    @functools.lru_cache(maxsize=4096)
+    def identity_motion(self, identity_id: int) -> IdentityMotion:
+        """The identity's clips (host; cached: a few kB each)."""
+        app.check_identity_ids([identity_id])
+        rng = np.random.default_rng([self.config.seed, int(identity_id), 3])
+        clips = tuple(motion.sample_clip(rng, self.config.frames_per_clip, self.expression_names, self.config.event_rate)
+                      for _ in range(self.config.clips_per_identity))
+        return IdentityMotion(identity_id=int(identity_id), clips=clips)
 
     @functools.lru_cache(maxsize=64)
     def identity(self, identity_id: int) -> Identity:
-        if identity_id < 0:
-            raise ValueError(f"identity ids are non-negative, got {identity_id}")
-        cfg = self.config
-        rng = self._rng(identity_id, 0)
-        shape = (rng.standard_normal(self.model.num_shape) * cfg.shape_scale).astype(np.float32)
-        look = app.make_appearance(self.model, cfg.uv_resolution, self._rng(identity_id, 1))
-        t = self.samples.texel
-        n_s = self.num_surface
-        colors = look.albedo[t[:, 0], t[:, 1]].copy()
-        wrinkles = look.wrinkles[t[:, 0], t[:, 1]].copy()
-        edge = self._texel_edge
-        base_scale = np.stack([0.6 * edge, 0.6 * edge, 0.12 * edge], -1)
-        opacity = np.full(len(t), 0.99, np.float32)
-        hair_offset = np.zeros(len(t), np.float32)
-        covered = app.hair_region(self.model, cfg.uv_resolution, look.hair_style)[t[n_s:, 0], t[n_s:, 1]]
-        hrng = self._rng(identity_id, 2)
-        p = np.asarray(self.samples.interpolate(self.model.faces, self.model.v_template))[n_s:]
-        streak = app.fourier_noise(hrng, p * [1.0, 0.15, 1.0], (0.004, 0.012))
-        colors[n_s:] = np.clip(look.hair_color * (0.8 + 0.25 * streak[:, None]), 0, 1)
-        wrinkles[n_s:] = 0.0
-        opacity[n_s:] = np.where(covered, 0.92, 0.0)
-        hair_offset[n_s:] = np.where(covered, look.hair_thickness * (1.0 + 0.25 * np.clip(streak, -2, 2)), 0.0)
-        base_scale[n_s:] = np.stack([1.3 * edge[n_s:], 2.4 * edge[n_s:], 0.5 * edge[n_s:]], -1)
-        clip_rng = self._rng(identity_id, 3)
-        clips = tuple(motion.sample_clip(clip_rng, cfg.frames_per_clip, self.expression_names, cfg.event_rate)
-                      for _ in range(cfg.clips_per_identity))
-        return Identity(identity_id=int(identity_id), shape=shape, colors=colors.astype(np.float32),
-                        wrinkles=wrinkles.astype(np.float32), opacity=opacity, hair_offset=hair_offset,
-                        base_scale=base_scale.astype(np.float32), clips=clips, hair_style=look.hair_style,
-                        skin_tone=look.skin_tone)
+        """Everything of one identity on the host (see `Identity`)."""
+        arrays = jax.device_get(self.identity_arrays([identity_id]))
+        row = {k: np.asarray(v[0]) for k, v in arrays.items()}
+        return Identity(identity_id=int(identity_id), clips=self.identity_motion(identity_id).clips,
+                        **{k: row[k] for k in GAUSSIAN_FIELDS},
+                        hair_style=app.HAIR_STYLES[int(row["hair_style"])], skin_tone=float(row["skin_tone"]),
+                        beard=float(row["beard"]))
 
-    def gaussians(self, ident: "Identity | dict", params: HeadParams) -> dict[str, Float[Array, "..."]]:
-        """Posed ground-truth Gaussians (jnp; jit-able in the identity arrays and `params`)."""
-        a = ident.gaussian_arrays() if isinstance(ident, Identity) else ident
+    # ------------------------------------------------------------------------------------ rendering
+    def gaussians(self, arrays: dict, params: HeadParams) -> dict[str, Float[Array, "..."]]:
+        """Posed ground-truth Gaussians of one identity (`arrays`: its `GAUSSIAN_FIELDS`, or an
+        `Identity`) in one frame (jnp; jit-able)."""
+        a = arrays.gaussian_arrays() if isinstance(arrays, Identity) else arrays
         posed = lbs(self.model, params).vertices
         frames = uvt.tangent_frames(self.model, self.samples, posed)
         surface = self.samples.interpolate(self.model.faces, posed)
@@ -196,29 +253,82 @@ class SyntheticWorld:
         return dict(means=means, quats=matrix_to_quat(frames), scales=a["base_scale"],
                     opacities=a["opacity"], colors=a["colors"] * shade[:, None])
 
+    def _render_rows(self, arrays: dict, params: HeadParams, viewmats, Ks, backgrounds, with_depth: bool):
+        """Traceable core: rows of identities (`arrays` [B, ...]) seen in views with their own
+        parameters (`params` [B,V,...], shape included) -> rgb [B,V,H,W,3], alpha [B,V,H,W,1],
+        depth [B,V,H,W,1] or None."""
+        size = self.config.image_size
+        mode = "RGB+D" if with_depth else "RGB"
+
+        def view(a, p, viewmat, K, bg):
+            g = self.gaussians(a, p)
+            out, alpha = rasterize(g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], viewmat[None],
+                                   K[None], size, size, backgrounds=bg[None], options=GROUND_TRUTH_RASTER,
+                                   render_mode=mode)
+            return out[0, ..., :3], alpha[0], (out[0, ..., 3:] if with_depth else None)
+
+        per_row = jax.vmap(view, in_axes=(None, 0, 0, 0, 0))
+        return jax.vmap(per_row)(arrays, params, viewmats, Ks, backgrounds)
+
+    def render_views_traced(self, ids: Array, params: HeadParams, viewmats, Ks, backgrounds, with_depth: bool = False):
+        """Traceable (call it inside jit): identities `ids [B]` (int32, validated by the caller)
+        synthesised and rendered in V views each. `params` [B,V,...] without a meaningful `shape`
+        (each row's identity supplies its own). -> dict(rgb, alpha, depth (with_depth), shape [B,S])."""
+        arrays = self._synthesize(ids)
+        shape = jnp.broadcast_to(arrays["shape"][:, None], (*viewmats.shape[:2], arrays["shape"].shape[-1]))
+        params = params.replace(shape=shape)
+        rgb, alpha, depth = self._render_rows(arrays, params, viewmats, Ks, backgrounds, with_depth)
+        out = dict(rgb=rgb, alpha=alpha, shape=arrays["shape"])
+        if with_depth:
+            out["depth"] = depth
+        return out
+
+    @functools.cached_property
+    def _render_views_fn(self):
+        return jax.jit(self.render_views_traced, static_argnames=("with_depth",))
+
+    def render_views(self, ids, params: HeadParams, viewmats, Ks, backgrounds=None, with_depth: bool = False):
+        """Ground truth of rows of views: identity `ids[b]` in V views `(params[b, v], viewmats[b, v],
+        Ks[b, v], backgrounds[b, v])` (host or device arrays; `params.shape` is ignored: each row's
+        identity has its own). Returns device arrays dict(rgb [B,V,H,W,3], alpha [B,V,H,W,1],
+        shape [B,S], and with `with_depth` depth [B,V,H,W,1], expected depth in metres, 0 where
+        nothing is hit). Backgrounds default to white."""
+        ids = app.check_identity_ids(ids)
+        viewmats = jnp.asarray(viewmats, jnp.float32)
+        if viewmats.ndim != 4 or viewmats.shape[0] != len(ids):
+            raise ValueError(f"viewmats must be [B={len(ids)}, V, 4, 4], got {viewmats.shape}")
+        bg = jnp.ones((*viewmats.shape[:2], 3)) if backgrounds is None else jnp.asarray(backgrounds, jnp.float32)
+        params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+        if params.shape is None:
+            params = params.replace(shape=jnp.zeros((*viewmats.shape[:2], self.model.num_shape)))
+        return self._render_views_fn(jnp.asarray(ids, jnp.int32), params, viewmats, jnp.asarray(Ks, jnp.float32),
+                                     bg, with_depth=with_depth)
+
+    @functools.cached_property
+    def _render_identity_fn(self):
+        @functools.partial(jax.jit, static_argnames=("with_depth",))
+        def fn(arrays, params, viewmats, Ks, bg, with_depth):
+            lead = lambda x: x[None]  # noqa: E731
+            rgb, alpha, depth = self._render_rows(jax.tree.map(lead, arrays), jax.tree.map(lead, params),
+                                                  viewmats[None], Ks[None], bg[None], with_depth)
+            return rgb[0], alpha[0], (depth[0] if with_depth else None)
+
+        return fn
+
+    def render(self, ident: Identity, params: HeadParams, viewmats, Ks, backgrounds=None):
+        """RGB [V,H,W,3], alpha [V,H,W,1], expected depth [V,H,W,1] (0 where empty) of one frame of
+        a host `Identity` (with `params`, shape included, e.g. a custom expression) seen by V
+        cameras; the same core as `render_views`. `backgrounds [V,3]` defaults to white."""
+        viewmats = jnp.asarray(viewmats, jnp.float32)
+        v = viewmats.shape[0]
+        bg = jnp.ones((v, 3)) if backgrounds is None else jnp.asarray(backgrounds, jnp.float32)
+        per_view = jax.tree.map(lambda x: jnp.broadcast_to(jnp.asarray(x, jnp.float32), (v, *np.shape(x))), params)
+        arrays = {k: jnp.asarray(a) for k, a in ident.gaussian_arrays().items()}
+        return self._render_identity_fn(arrays, per_view, viewmats, jnp.asarray(Ks, jnp.float32), bg, with_depth=True)
+
     def backgrounds(self, rng: np.random.Generator, num: int) -> np.ndarray:
         if self.config.background == "white":
             return np.ones((num, 3), np.float32)
         if self.config.background == "black":
             return np.zeros((num, 3), np.float32)
         return rng.uniform(0.0, 1.0, (num, 3)).astype(np.float32)
-
-    def render(self, ident: Identity, params: HeadParams, viewmats, Ks, backgrounds=None):
-        """RGB [V,H,W,3], alpha [V,H,W,1], expected depth [V,H,W,1] (0 where empty) of one frame,
-        seen by V cameras. `backgrounds [V,3]` defaults to white. Compiled once per world."""
-        viewmats = jnp.asarray(viewmats)
-        bg = jnp.ones((viewmats.shape[0], 3)) if backgrounds is None else jnp.asarray(backgrounds)
-        return self._render_fn(ident.gaussian_arrays(), params, viewmats, jnp.asarray(Ks), bg)
-
-    @functools.cached_property
-    def _render_fn(self):
-        size = self.config.image_size
-
-        @jax.jit
-        def fn(arrays, params, viewmats, Ks, bg):
-            g = self.gaussians(arrays, params)
-            out, alpha = rasterize(g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], viewmats, Ks,
-                                   size, size, backgrounds=bg, render_mode="RGB+D")
-            return out[..., :3], alpha, out[..., 3:]
-
-        return fn

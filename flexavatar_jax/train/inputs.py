@@ -3,13 +3,12 @@ and checkpointable loaders."""
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 
 import numpy as np
 
 from flexavatar_jax.config import Config
-from flexavatar_jax.data import cache, pipeline
+from flexavatar_jax.data import pipeline
 from flexavatar_jax.data.synthetic import SyntheticWorld, heldout_ids
 from flexavatar_jax.head import HeadModel
 
@@ -57,23 +56,21 @@ class MemoizedSource:
         return hit
 
 
-def example_cache_directory(config: Config, needs_cameras: bool) -> str:
-    """Where `data.cache_dir` keeps this run's examples: keyed by everything that shapes an example
-    (world, example config, seed) and not by the number of identities, so runs that differ only in
-    it share their examples."""
-    key = {"world": dataclasses.asdict(config.data.synthetic),
-           "examples": dataclasses.asdict(config.data.example_config(needs_cameras)), "seed": config.seed}
-    return cache.keyed_directory(config.data.cache_dir, "examples", key)
+def renders_on_device(source) -> bool:
+    """Whether the examples of a (possibly wrapped) source are view specs for `ground_truth`."""
+    while hasattr(source, "source"):
+        source = source.source
+    return bool(getattr(getattr(source, "frames", None), "renders_on_device", False))
 
 
 def train_source(config: Config, world: SyntheticWorld | None, needs_cameras: bool):
+    """The training examples of the config. Synthetic examples are view specs, rendered on the
+    device inside each step (`data.ground_truth`); `data.cache_dir` keeps the held-out eval sets."""
     if config.data.cache_dir and config.data.source != "synthetic":
-        raise ValueError(f"data.cache_dir keeps rendered synthetic examples; data.source={config.data.source!r} "
+        raise ValueError(f"data.cache_dir keeps rendered synthetic eval sets; data.source={config.data.source!r} "
                          "is read from disk already (leave data.cache_dir empty)")
     source = pipeline.ExampleSource(frame_source(config, world), config.data.example_config(needs_cameras),
                                     seed=config.seed)
-    if config.data.cache_dir:
-        source = cache.DiskCachedSource(source, example_cache_directory(config, needs_cameras))
     if config.data.memoize_examples > 0:
         source = MemoizedSource(source, config.data.memoize_examples)
     return source

@@ -66,21 +66,16 @@ def novel_view_batch(world, row: dict[str, np.ndarray], seed: int) -> dict[str, 
     """The row's input frames (same expressions) rendered from new cameras (ground truth)."""
     n = int(row["num_inputs"][0])
     ident_id = int(row["identity"][0])
-    ident = world.identity(ident_id)
     batch = refinement_batch(row)
     size = world.config.image_size
-    images, alphas, viewmats, Ks = [], [], [], []
-    for i in range(n):
-        rng = np.random.default_rng([seed, ident_id, _NOVEL_VIEW_STREAM, i])
-        cams = motion.sample_cameras(rng, 1, size, size)
-        params = HeadParams(**{f: jnp.asarray(row[f"input_{f}"][0, i]) for f in PARAM_FIELDS})
-        rgb, alpha = eval_sets.render_view(world, ident, params, cams.viewmats[0], cams.Ks[0], np.ones(3, np.float32))
-        images.append(rgb)
-        alphas.append(alpha)
-        viewmats.append(cams.viewmats[0])
-        Ks.append(cams.Ks[0])
-    batch.update(target_images=np.stack(images)[None], target_alphas=np.stack(alphas)[None],
-                 target_viewmats=np.stack(viewmats)[None].astype(np.float32), target_Ks=np.stack(Ks)[None].astype(np.float32))
+    cams = [motion.sample_cameras(np.random.default_rng([seed, ident_id, _NOVEL_VIEW_STREAM, i]), 1, size, size)
+            for i in range(n)]
+    viewmats = np.concatenate([c.viewmats for c in cams]).astype(np.float32)
+    Ks = np.concatenate([c.Ks for c in cams]).astype(np.float32)
+    params = HeadParams(shape=None, **{f: row[f"input_{f}"][:, :n] for f in PARAM_FIELDS[1:]})
+    out = world.render_views([ident_id], params, viewmats[None], Ks[None])  # white backgrounds
+    batch.update(target_images=np.asarray(out["rgb"]), target_alphas=np.asarray(out["alpha"]),
+                 target_viewmats=viewmats[None], target_Ks=Ks[None])
     return batch
 
 

@@ -10,7 +10,7 @@ from flexavatar_jax.data.synthetic import HELDOUT_OFFSET, SyntheticConfig, Synth
 
 @pytest.fixture(scope="module")
 def world():
-    return SyntheticWorld(SyntheticConfig(uv_resolution=48, image_size=40, frames_per_clip=16, clips_per_identity=2))
+    return SyntheticWorld(SyntheticConfig(uv_resolution=48, image_size=48, frames_per_clip=16, clips_per_identity=2))
 
 
 def test_identity_is_a_deterministic_function_of_its_id(world):
@@ -35,7 +35,7 @@ def test_train_and_heldout_ids_are_disjoint_and_prefix_stable():
 
 def test_render_is_deterministic_and_covers_the_head(world):
     ident = world.identity(1)
-    cams = motion.sample_cameras(np.random.default_rng(0), 2, 40, 40, frontal_fraction=1.0)
+    cams = motion.sample_cameras(np.random.default_rng(0), 2, 48, 48, frontal_fraction=1.0)
     p = ident.frame_params(0, 3)
     rgb, alpha, depth = world.render(ident, p, cams.viewmats, cams.Ks)
     rgb2, _, _ = world.render(ident, p, cams.viewmats, cams.Ks)
@@ -102,3 +102,27 @@ def test_bad_config_raises():
         SyntheticConfig(background="green")
     with pytest.raises(ValueError, match="image_size"):
         SyntheticConfig(image_size=0)
+    with pytest.raises(ValueError, match="image_size=40 is not a multiple of the renderer's 16-pixel tile"):
+        SyntheticConfig(image_size=40)
+    with pytest.raises(ValueError, match="hair_style_probs"):
+        SyntheticConfig(hair_style_probs=(0.5, 0.5, 0.5, 0.5))
+
+
+def test_bad_identity_ids_raise_naming_the_value(world):
+    with pytest.raises(ValueError, match="-3"):
+        world.identity_arrays([1, -3])
+    with pytest.raises(ValueError, match=str(2**31)):
+        world.identity_arrays([2**31])
+    with pytest.raises(ValueError, match="-1"):
+        world.identity(-1)
+    with pytest.raises(ValueError, match="-2"):
+        world.render_views([-2], None, np.zeros((1, 1, 4, 4)), np.zeros((1, 1, 3, 3)))
+
+
+def test_identity_arrays_are_the_host_identity(world):
+    """`identity(i)` is a host copy of what the device synthesises (the one engine)."""
+    arrays = world.identity_arrays([4, 9])
+    ident = world.identity(9)
+    for f in ("shape", "colors", "wrinkles", "opacity", "hair_offset", "base_scale"):
+        np.testing.assert_array_equal(np.asarray(arrays[f][1]), getattr(ident, f), err_msg=f)
+    assert appearance.HAIR_STYLES[int(arrays["hair_style"][1])] == ident.hair_style

@@ -11,10 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import ml_collections
+import optax
 import pytest
 
 from flexavatar_jax.config import Config
 from flexavatar_jax.configs import flexavatar
+from flexavatar_jax.data import ground_truth
 from flexavatar_jax.train import inputs, loop
 from flexavatar_jax.train import step as step_lib
 
@@ -48,9 +50,11 @@ def micro_config(steps: int = 3, batch: int = 8, single_device: bool = False) ->
 
 
 def first_examples(config: Config, trainer: loop.Trainer, n: int) -> dict[str, np.ndarray]:
-    """The first `n` training examples of the config's source, stacked (host numpy)."""
-    source = inputs.train_source(config, inputs.make_world(config, trainer.head), False)
-    return {k: np.stack([source[i][k] for i in range(n)]) for k in source[0]}
+    """The first `n` training examples of the config's source, stacked and rendered (host numpy)."""
+    world = inputs.make_world(config, trainer.head)
+    source = inputs.train_source(config, world, False)
+    specs = {k: np.stack([source[i][k] for i in range(n)]) for k in source[0]}
+    return jax.tree.map(np.asarray, ground_truth.GroundTruthRenderer(world, input_annotations=False)(specs))
 
 
 def _losses(workdir) -> list[float]:
@@ -145,15 +149,22 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path):
     s2, m2 = two(state, batch, jax.random.key(0))
     np.testing.assert_allclose(float(m2["loss/total"]), float(m1["loss/total"]), rtol=1e-5)
     np.testing.assert_allclose(float(m2["grad_norm"]), float(m1["grad_norm"]), rtol=1e-4)
-    # Step 0 has learning rate 0 (warm-up starts at 0): compare after a second, real update.
+
+    # The gradients themselves, coordinate by coordinate: Adam's first moment after one step is
+    # (1 - b1)·g. (Compared before Adam's normalisation, which turns a rounding difference in a
+    # near-zero gradient into a full-size update of either sign.)
+    def first_moment(s):
+        is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
+        return next(x for x in jax.tree.leaves(s.opt_state, is_leaf=is_adam) if is_adam(x)).mu
+
+    g1, g2 = (np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves(first_moment(s))]) for s in (s1, s2))
+    scale = np.abs(g1).max()
+    assert scale > 0
+    np.testing.assert_allclose(g2, g1, rtol=0, atol=1e-3 * scale)  # float32 sums in another order
+    # Step 0 has learning rate 0 (warm-up starts at 0): a second, real update moves the params.
     s1, _ = one(s1, batch, jax.random.key(1))
-    s2, _ = two(s2, batch, jax.random.key(1))
-    leaves = lambda s: jax.tree.leaves(s.params)  # noqa: E731
-    moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(leaves(s1), leaves(state)))
-    differ = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(leaves(s1), leaves(s2)))
-    # Adam normalises each coordinate, so rounding differences in near-zero gradients can flip a
-    # tiny update; bound the disagreement relative to the size of the updates themselves.
-    assert moved > 1e-5 and differ < 0.01 * moved, (moved, differ)
+    moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(state.params)))
+    assert moved > 1e-5
 
 
 def test_bfloat16_compute_and_lowres_branch_give_finite_losses(tmp_path):

@@ -1,0 +1,77 @@
+"""Training batches rendered on the device: a batch of view specs in, a batch of images out.
+
+A device-rendered source (`pipeline.SyntheticFrames` behind `pipeline.ExampleSource`) yields
+examples without images: the identity's `world_id`, and for each of the `MAX_INPUTS` input slots
+and T targets the frame's head parameters (no shape), camera and background (`SPEC_KEYS` below).
+`render_example_batch` — traceable, so it runs inside jit and under the mesh's sharding, each
+device rendering its own rows — synthesises each row's identity once and renders its 4 + T views
+in one `SyntheticWorld.render_views_traced` call (vmap over rows and views), then returns the batch
+the model reads, with the same keys and shapes the host pipeline gives:
+
+    input_images [B,4,H,W,3] (0 in padded slots)   target_images [B,T,H,W,3]   target_alphas [B,T,H,W,1]
+    input_shape / target_shape [B,4|T,S] (the row's identity)
+
+plus, with `input_annotations`, `input_alphas` and the input cameras/params; without, those are
+dropped (the camera-free lifter never sees them). `GroundTruthRenderer` jits it with the batch
+sharding in and out, for the training loop: the host sends only small numbers, the step reads
+images that never left the device.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from flexavatar_jax.data.pipeline import MAX_INPUTS, SPEC_PARAM_FIELDS
+from flexavatar_jax.data.synthetic import SyntheticWorld
+from flexavatar_jax.head import HeadParams
+
+# Keys only a spec batch has (consumed here).
+SPEC_ONLY_KEYS = ("world_id", "input_backgrounds", "target_backgrounds")
+INPUT_ANNOTATION_KEYS = ("input_viewmats", "input_Ks", *(f"input_{f}" for f in SPEC_PARAM_FIELDS))
+
+
+def is_spec_batch(batch) -> bool:
+    return "world_id" in batch
+
+
+def render_example_batch(world: SyntheticWorld, batch: dict, input_annotations: bool) -> dict:
+    """Traceable: a batch of view specs -> the model's batch (module docstring)."""
+    if not is_spec_batch(batch):
+        raise ValueError("render_example_batch needs a batch of view specs (from a device-rendered source: "
+                         f"it has no 'world_id'); got keys {sorted(batch)}")
+    num_targets = batch["target_viewmats"].shape[1]
+    both = lambda key: jnp.concatenate([batch[f"input_{key}"], batch[f"target_{key}"]], axis=1)  # noqa: E731
+    params = HeadParams(shape=None, **{f: both(f) for f in SPEC_PARAM_FIELDS})
+    out = world.render_views_traced(batch["world_id"].astype(jnp.int32), params, both("viewmats"), both("Ks"),
+                                    both("backgrounds"))
+    mask = batch["input_mask"][:, :, None, None, None]
+    result = {k: v for k, v in batch.items() if k not in SPEC_ONLY_KEYS}
+    if not input_annotations:
+        result = {k: v for k, v in result.items() if k not in INPUT_ANNOTATION_KEYS}
+    shape = out["shape"][:, None]
+    result.update(
+        input_images=jnp.where(mask, out["rgb"][:, :MAX_INPUTS], 0.0),
+        target_images=out["rgb"][:, MAX_INPUTS:],
+        target_alphas=out["alpha"][:, MAX_INPUTS:],
+        target_shape=jnp.broadcast_to(shape, (shape.shape[0], num_targets, shape.shape[-1])),
+    )
+    if input_annotations:
+        result["input_alphas"] = jnp.where(mask, out["alpha"][:, :MAX_INPUTS], 0.0)
+        result["input_shape"] = jnp.where(batch["input_mask"][:, :, None], shape, 0.0)
+    return result
+
+
+class GroundTruthRenderer:
+    """`render_example_batch` jitted with `sharding` (the batch sharding of the mesh) on its input
+    and output: call it on the global spec batch right before the train step."""
+
+    def __init__(self, world: SyntheticWorld, input_annotations: bool, sharding=None):
+        self.world = world
+        self.input_annotations = input_annotations
+        fn = lambda batch: render_example_batch(world, batch, input_annotations)  # noqa: E731
+        self._fn = jax.jit(fn) if sharding is None else jax.jit(fn, in_shardings=(sharding,), out_shardings=sharding)
+
+    def __call__(self, batch: dict) -> dict:
+        return self._fn(batch)
+
