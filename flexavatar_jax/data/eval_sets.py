@@ -170,7 +170,7 @@ def _spec(world: SyntheticWorld, identity_id: int, driver_id: int, num_views: in
         "target_marginal": driver.marginal[tgt_frames],
         "target_azimuth_deg": tgt_azimuths,
         "target_backgrounds": tgt_backgrounds,
-        # All MAX_INPUTS input slots are rendered (padded ones, with 0 parameters, are masked out).
+        # Padded input slots are not drawn (`visible`); their cameras stay real so the array shapes match.
         "_render_viewmats": np.concatenate([in_viewmats, tgt_viewmats]).astype(np.float32),
         "_render_Ks": np.concatenate([in_Ks, cams.Ks]).astype(np.float32),
     }
@@ -189,8 +189,9 @@ def _render_rows(world: SyntheticWorld, rows: dict[str, np.ndarray], chunk: int)
         sl = slice(start, start + chunk)
         both = lambda f: np.concatenate([rows[f"input_{f}"][sl], rows[f"target_{f}"][sl]], axis=1)  # noqa: E731
         params = HeadParams(shape=None, **{f: both(f) for f in PARAM_FIELDS[1:]})
+        visible = np.concatenate([rows["input_mask"][sl], np.ones(rows["target_viewmats"][sl].shape[:2], bool)], 1)
         out = world.render_views(rows["identity"][sl], params, rows["_render_viewmats"][sl], rows["_render_Ks"][sl],
-                                 both("backgrounds"), with_depth=True)
+                                 both("backgrounds"), with_depth=True, visible=visible)
         parts.append(jax.device_get(out))
     out = {k: np.concatenate([p[k] for p in parts]).astype(np.float32) for k in parts[0]}
     real = rows["input_mask"][:, :, None, None, None]

@@ -4,8 +4,8 @@ A device-rendered source (`pipeline.SyntheticFrames` behind `pipeline.ExampleSou
 examples without images: the identity's `world_id`, and for each of the `MAX_INPUTS` input slots
 and T targets the frame's head parameters (no shape), camera and background (`SPEC_KEYS` below).
 `render_example_batch` — traceable, so it runs inside jit and under the mesh's sharding, each
-device rendering its own rows — synthesises each row's identity once and renders its 4 + T views
-in one `SyntheticWorld.render_views_traced` call (vmap over rows and views), then returns the batch
+device rendering its own rows — synthesises each row's identity once and renders its real input
+views and T targets in one `SyntheticWorld.render_views_traced` call, then returns the batch
 the model reads, with the same keys and shapes the host pipeline gives:
 
     input_images [B,4,H,W,3] (0 in padded slots)   target_images [B,T,H,W,3]   target_alphas [B,T,H,W,1]
@@ -43,8 +43,9 @@ def render_example_batch(world: SyntheticWorld, batch: dict, input_annotations: 
     num_targets = batch["target_viewmats"].shape[1]
     both = lambda key: jnp.concatenate([batch[f"input_{key}"], batch[f"target_{key}"]], axis=1)  # noqa: E731
     params = HeadParams(shape=None, **{f: both(f) for f in SPEC_PARAM_FIELDS})
+    visible = jnp.concatenate([batch["input_mask"], jnp.ones(batch["target_viewmats"].shape[:2], bool)], axis=1)
     out = world.render_views_traced(batch["world_id"].astype(jnp.int32), params, both("viewmats"), both("Ks"),
-                                    both("backgrounds"))
+                                    both("backgrounds"), visible=visible)
     mask = batch["input_mask"][:, :, None, None, None]
     result = {k: v for k, v in batch.items() if k not in SPEC_ONLY_KEYS}
     if not input_annotations:
