@@ -42,15 +42,15 @@ engine's `motion.sample_cameras`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import jax
 import numpy as np
 
-from flexavatar_jax.data import cache, motion
-from flexavatar_jax.data.pipeline import MAX_INPUTS, PARAM_FIELDS
+from flexavatar_jax.data import cache, ground_truth, motion
+from flexavatar_jax.data.pipeline import MAX_INPUTS, SPEC_PARAM_FIELDS
 from flexavatar_jax.data.synthetic import ENGINE_VERSION, SyntheticWorld
-from flexavatar_jax.head import HeadParams
 
 MODES = ("self", "cross")
 # A view is "frontal" when the camera is within ±45° of the face direction (azimuth 0); beyond
@@ -170,42 +170,37 @@ def _spec(world: SyntheticWorld, identity_id: int, driver_id: int, num_views: in
         "target_marginal": driver.marginal[tgt_frames],
         "target_azimuth_deg": tgt_azimuths,
         "target_backgrounds": tgt_backgrounds,
-        # Padded input slots are not drawn (`visible`); their cameras stay real so the array shapes match.
-        "_render_viewmats": np.concatenate([in_viewmats, tgt_viewmats]).astype(np.float32),
-        "_render_Ks": np.concatenate([in_Ks, cams.Ks]).astype(np.float32),
     }
-    for f in PARAM_FIELDS[1:]:
+    for f in SPEC_PARAM_FIELDS:
         values = np.stack([np.asarray(getattr(p, f), np.float32) for p in in_params])
         ex[f"input_{f}"] = np.where(real[:, None], values, 0.0).astype(np.float32)
         ex[f"target_{f}"] = np.stack([np.asarray(getattr(p, f), np.float32) for p in tgt_params])
     return ex
 
 
+# What the engine adds to a row of specs (`ground_truth.render_example_batch`).
+_RENDERED = ("input_images", "input_alphas", "input_shape", "target_images", "target_alphas", "target_depths",
+             "target_shape")
+
+
+@functools.lru_cache(maxsize=4)
+def _renderer(world: SyntheticWorld) -> ground_truth.GroundTruthRenderer:
+    """The training batches' renderer, with input annotations and target depths (compiled once
+    per world and chunk shape)."""
+    return ground_truth.GroundTruthRenderer(world, input_annotations=True, with_depth=True)
+
+
 def _render_rows(world: SyntheticWorld, rows: dict[str, np.ndarray], chunk: int) -> dict[str, np.ndarray]:
-    """Images of stacked spec rows, `chunk` rows per engine call (`SyntheticWorld.render_views`)."""
-    n = len(rows["identity"])
+    """The images of stacked spec rows, `chunk` rows per engine call."""
+    read = ("mask", "viewmats", "Ks", "backgrounds", *SPEC_PARAM_FIELDS)  # what the renderer reads of a row
+    specs = {k: v for k, v in rows.items() if k.split("_", 1)[0] in ("input", "target") and k.split("_", 1)[1] in read}
     parts = []
-    for start in range(0, n, chunk):
-        sl = slice(start, start + chunk)
-        both = lambda f: np.concatenate([rows[f"input_{f}"][sl], rows[f"target_{f}"][sl]], axis=1)  # noqa: E731
-        params = HeadParams(shape=None, **{f: both(f) for f in PARAM_FIELDS[1:]})
-        visible = np.concatenate([rows["input_mask"][sl], np.ones(rows["target_viewmats"][sl].shape[:2], bool)], 1)
-        out = world.render_views(rows["identity"][sl], params, rows["_render_viewmats"][sl], rows["_render_Ks"][sl],
-                                 both("backgrounds"), with_depth=True, visible=visible)
-        parts.append(jax.device_get(out))
-    out = {k: np.concatenate([p[k] for p in parts]).astype(np.float32) for k in parts[0]}
-    real = rows["input_mask"][:, :, None, None, None]
-    num_targets = rows["target_viewmats"].shape[1]
-    shape = out["shape"][:, None]
-    return {
-        "input_images": np.where(real, out["rgb"][:, :MAX_INPUTS], 0.0).astype(np.float32),
-        "input_alphas": np.where(real, out["alpha"][:, :MAX_INPUTS], 0.0).astype(np.float32),
-        "input_shape": np.where(rows["input_mask"][:, :, None], shape, 0.0).astype(np.float32),
-        "target_images": out["rgb"][:, MAX_INPUTS:],
-        "target_alphas": out["alpha"][:, MAX_INPUTS:],
-        "target_depths": out["depth"][:, MAX_INPUTS:],
-        "target_shape": np.repeat(shape, num_targets, axis=1),
-    }
+    for start in range(0, len(rows["identity"]), chunk):
+        batch = {k: v[start:start + chunk] for k, v in specs.items()}
+        batch["world_id"] = rows["identity"][start:start + chunk].astype(np.int32)
+        out = _renderer(world)(batch)
+        parts.append(jax.device_get({k: out[k] for k in _RENDERED}))
+    return {k: np.concatenate([p[k] for p in parts]).astype(np.float32) for k in _RENDERED}
 
 
 def build_eval_set(world: SyntheticWorld, identity_ids: Sequence[int], num_views: int, num_targets: int,
@@ -232,7 +227,7 @@ def build_eval_set(world: SyntheticWorld, identity_ids: Sequence[int], num_views
     specs = [_spec(world, i, j, num_views, num_targets, mode, seed) for i, j in zip(ids, drivers)]
     rows = {k: np.stack([r[k] for r in specs]) for k in specs[0]}
     rows.update(_render_rows(world, rows, chunk))
-    return {k: v for k, v in rows.items() if not k.startswith("_")}
+    return rows
 
 
 def with_num_views(eval_set: dict[str, np.ndarray], num_views: int) -> dict[str, np.ndarray]:

@@ -129,11 +129,11 @@ class IdentityMotion:
 
     @property
     def marginal(self) -> np.ndarray:
-        return np.concatenate([c.marginal for c in self.clips])
+        return self.concatenated("marginal")
 
     @property
     def expressions(self) -> np.ndarray:
-        return np.concatenate([c.expression for c in self.clips])
+        return self.concatenated("expression")
 
     def concatenated(self, field: str) -> np.ndarray:
         return np.concatenate([getattr(c, field) for c in self.clips])
@@ -321,21 +321,20 @@ class SyntheticWorld:
         if viewmats.ndim != 4 or viewmats.shape[0] != len(ids):
             raise ValueError(f"viewmats must be [B={len(ids)}, V, 4, 4], got {viewmats.shape}")
         bg = jnp.ones((*viewmats.shape[:2], 3)) if backgrounds is None else jnp.asarray(backgrounds, jnp.float32)
-        params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
-        if params.shape is None:
-            params = params.replace(shape=jnp.zeros((*viewmats.shape[:2], self.model.num_shape)))
+        # The shape is each row's identity's own (`render_views_traced` sets it).
+        params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params.replace(shape=None))
         visible = jnp.ones(viewmats.shape[:2], bool) if visible is None else jnp.asarray(visible, bool)
         return self._render_views_fn(jnp.asarray(ids, jnp.int32), params, viewmats, jnp.asarray(Ks, jnp.float32),
                                      bg, with_depth=with_depth, visible=visible)
 
     @functools.cached_property
     def _render_identity_fn(self):
-        @functools.partial(jax.jit, static_argnames=("with_depth",))
-        def fn(arrays, params, viewmats, Ks, bg, with_depth):
+        @jax.jit
+        def fn(arrays, params, viewmats, Ks, bg):
             lead = lambda x: x[None]  # noqa: E731
             rgb, alpha, depth = self._render_rows(jax.tree.map(lead, arrays), jax.tree.map(lead, params),
-                                                  viewmats[None], Ks[None], bg[None], with_depth)
-            return rgb[0], alpha[0], (depth[0] if with_depth else None)
+                                                  viewmats[None], Ks[None], bg[None], with_depth=True)
+            return rgb[0], alpha[0], depth[0]
 
         return fn
 
@@ -348,7 +347,7 @@ class SyntheticWorld:
         bg = jnp.ones((v, 3)) if backgrounds is None else jnp.asarray(backgrounds, jnp.float32)
         per_view = jax.tree.map(lambda x: jnp.broadcast_to(jnp.asarray(x, jnp.float32), (v, *np.shape(x))), params)
         arrays = {k: jnp.asarray(a) for k, a in ident.gaussian_arrays().items()}
-        return self._render_identity_fn(arrays, per_view, viewmats, jnp.asarray(Ks, jnp.float32), bg, with_depth=True)
+        return self._render_identity_fn(arrays, per_view, viewmats, jnp.asarray(Ks, jnp.float32), bg)
 
     def backgrounds(self, rng: np.random.Generator, num: int) -> np.ndarray:
         if self.config.background == "white":

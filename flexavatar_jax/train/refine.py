@@ -26,7 +26,7 @@ import optax
 from flexavatar_jax import inference
 from flexavatar_jax.config import Config, as_config
 from flexavatar_jax.data import eval_sets, motion
-from flexavatar_jax.data.pipeline import PARAM_FIELDS
+from flexavatar_jax.data.pipeline import PARAM_FIELDS, SPEC_PARAM_FIELDS
 from flexavatar_jax.files import write_atomic
 from flexavatar_jax.head import HeadParams
 from flexavatar_jax.models.avatar import RECONSTRUCTION_KEYS, FlexAvatar
@@ -72,7 +72,7 @@ def novel_view_batch(world, row: dict[str, np.ndarray], seed: int) -> dict[str, 
             for i in range(n)]
     viewmats = np.concatenate([c.viewmats for c in cams]).astype(np.float32)
     Ks = np.concatenate([c.Ks for c in cams]).astype(np.float32)
-    params = HeadParams(shape=None, **{f: row[f"input_{f}"][:, :n] for f in PARAM_FIELDS[1:]})
+    params = HeadParams(shape=None, **{f: row[f"input_{f}"][:, :n] for f in SPEC_PARAM_FIELDS})
     out = world.render_views([ident_id], params, viewmats[None], Ks[None])  # white backgrounds
     batch.update(target_images=np.asarray(out["rgb"]), target_alphas=np.asarray(out["alpha"]),
                  target_viewmats=viewmats[None], target_Ks=Ks[None])
