@@ -9,9 +9,16 @@ model, 32 held-out identities × 4 targets, 1/2/4 views, input-shuffle control):
 * view_gate — `model.lifter.view_gate=True`: each query chooses among the input views before
   every cross-attention block (`models/head_queries.py`); zero-initialised, camera-free.
 
+* many_ids — `data.num_identities=1024` instead of 24 (free with the device data engine: no
+          identity is rendered or stored ahead): with 24 training identities the model can name
+          the person from one view and recall the rest, so extra views are worth little; with
+          more identities than training examples it can only read them.
+
 * tiny  — 2 variants × 2 seeds on 2 CPU cores (about 30 minutes).
 * long  — the same at 1,200 steps (4× the ablation study, 2× the tiny main job; about 50 minutes):
           the training-length hypothesis (do the queries learn to select views later?).
+* identities — baseline and many_ids at 300 steps, 2 seeds (about 30 minutes): the
+          training-identity hypothesis.
 * smoke — the test: a micro model, a few steps.
 """
 
@@ -20,11 +27,15 @@ import ml_collections
 from flexavatar_jax.configs.studies.ablations import TINY_EVALUATION, VIEWS, _views
 from flexavatar_jax.configs.studies.identity_scaling import MICRO, overrides
 
-VARIANTS = ("tiny", "long", "smoke")
+VARIANTS = ("tiny", "long", "identities", "smoke")
 
 STUDY_VARIANTS = (
     ("baseline", ()),
     ("view_gate", (("model.lifter.view_gate", True),)),
+)
+IDENTITY_VARIANTS = (
+    ("baseline", ()),
+    ("many_ids", (("data.num_identities", 1024),)),
 )
 
 CLAIMS = (
@@ -40,18 +51,31 @@ CLAIMS = (
 )
 
 
+IDENTITY_CLAIMS = (
+    _views(4, 1, "side_back"), _views(4, 1, "all"),
+    _views(4, 1, "side_back", variant="many_ids"), _views(4, 1, "frontal", variant="many_ids"),
+    _views(4, 1, "all", variant="many_ids"), _views(2, 1, "all", variant="many_ids"),
+    ("more training identities help 4-view side/back", "many_ids:self/4_views/side_back/psnr",
+     "baseline:self/4_views/side_back/psnr", "+", "FlexAvatar Fig. 5 (identity scaling)"),
+    ("more training identities help 1-view held-out quality", "many_ids:self/1_views/all/psnr",
+     "baseline:self/1_views/all/psnr", "+", "FlexAvatar Fig. 5 (identity scaling)"),
+    ("the many-identity model uses its inputs (identity gain > 0)", "many_ids:self/4_views/all/psnr",
+     "many_ids:self/4_views/all/psnr_shuffled", "+", "premise"),
+)
+
+
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     if arg not in VARIANTS:
         raise ValueError(f"unknown variant {arg!r}: use one of {VARIANTS}")
     c = ml_collections.ConfigDict()
     c.name = f"views:{arg}"
     c.compute = "fixed_steps"
-    c.variants = STUDY_VARIANTS
-    c.claims = CLAIMS
+    c.variants = IDENTITY_VARIANTS if arg == "identities" else STUDY_VARIANTS
+    c.claims = IDENTITY_CLAIMS if arg == "identities" else CLAIMS
     c.base_config = "configs/flexavatar.py:tiny"
-    if arg in ("tiny", "long"):  # the ablation study's training and evaluation
+    if arg in ("tiny", "long", "identities"):  # the ablation study's training and evaluation
         c.seeds = (0, 1)
-        c.steps = 300 if arg == "tiny" else 1200
+        c.steps = 1200 if arg == "long" else 300
         c.overrides = overrides(TINY_EVALUATION)
     else:  # smoke
         c.seeds = (0,)
