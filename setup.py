@@ -77,6 +77,8 @@ class _BuildExt(build_ext):
         return None
 
 
+_FACES = ["dlib-bin>=19.24,<21", "face-recognition-models>=0.3,<0.4", "opencv-python-headless>=4.8,<6"]
+
 setup(
     name="flexavatar-jax",
     version="0.1.0",
@@ -109,7 +111,12 @@ setup(
         "matplotlib>=3.8,<4",  # study plots
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "beartype>=0.19,<0.24"],
+        # Portrait preprocessing (`flexavatar-jax prepare`, flexavatar_jax/data/portrait.py): dlib's face
+        # detector and 68-point landmarks with their model files shipped inside face-recognition-models
+        # (nothing downloaded at run time, no TensorFlow or PyTorch), OpenCV for the GrabCut matte.
+        "faces": _FACES,
+        # The tests exercise `prepare` on real photographs (scikit-image ships them).
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "beartype>=0.19,<0.24", "scikit-image>=0.22,<0.27", *_FACES],
     },
     entry_points={"console_scripts": ["flexavatar-jax=flexavatar_jax.cli:run"]},
     ext_modules=[_SplatLibrary()],

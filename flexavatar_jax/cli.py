@@ -9,7 +9,9 @@
         [--coordinator HOST:PORT --num_processes N --process_id I]   (multi-host: one per process)
     flexavatar-jax eval --config configs/flexavatar.py:tiny --workdir out/tiny
     flexavatar-jax refine --config configs/flexavatar.py:tiny --workdir out/tiny
+    flexavatar-jax prepare --images a.jpg,b.jpg --out DIR [--size 512]   (face crop + matte; needs .[faces])
     flexavatar-jax reconstruct --config ... --workdir out/tiny (--images a.png,b.png | --identity 1000000) --out me.npz
+        [--raw]             (photos are prepared like `prepare` unless --raw)
     flexavatar-jax animate --config ... --workdir out/tiny --avatar me.npz (--motion m.npz | --driver_identity 1000001)
         --out me.gif        (also writes me_turntable.gif)
     flexavatar-jax export --config ... --workdir out/tiny --avatar me.npz --out me.ply
@@ -278,6 +280,53 @@ def run_refine(fv: flags.FlagValues) -> None:
 def _reconstruct_flags(fv: flags.FlagValues, argv: list[str]) -> None:
     flags.DEFINE_list("images", None, "1-4 portrait image files (comma-separated).", flag_values=fv)
     flags.DEFINE_integer("identity", None, "A synthetic identity id (held-out ids start at 1000000).", flag_values=fv)
+    flags.DEFINE_bool("raw", False, "Use the --images as they are (square model inputs), without `prepare`'s face "
+                      "crop and background matte.", flag_values=fv)
+
+
+def _prepare_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+    flags.DEFINE_list("images", None, "Portrait photos (comma-separated), one face each.", flag_values=fv)
+    flags.DEFINE_integer("size", 512, "Output side in pixels (the model's image_size).", flag_values=fv)
+    flags.DEFINE_string("background", "white", "Background colour: white, black or R,G,B in [0,1].", flag_values=fv)
+    flags.DEFINE_bool("matte", True, "Replace the photo's background (GrabCut, or the file's own alpha channel).",
+                      flag_values=fv)
+
+
+def _background(text: str) -> tuple[float, float, float]:
+    named = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
+    if text in named:
+        return named[text]
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(0.0 <= v <= 1.0 for v in values):
+        raise UsageError(f"--background must be white, black or R,G,B with values in [0,1], got {text!r}")
+    return values
+
+
+def _faces_extra() -> None:
+    """A missing optional `faces` extra is a one-line error naming the install command."""
+    from flexavatar_jax.data import portrait
+
+    try:
+        portrait.require_faces_extra()
+    except ImportError as e:
+        raise UsageError(str(e)) from None
+
+
+def run_prepare(fv: flags.FlagValues) -> None:
+    from flexavatar_jax.data import portrait
+
+    images, out = _required(fv, "images"), _required(fv, "out")
+    background = _background(fv.background)
+    _faces_extra()
+    for r in portrait.prepare_files(images, out, size=fv.size, background=background, matte=fv.matte):
+        box = ", ".join(f"{v:.0f}" for v in r.face_box)
+        print(f"{r.source} -> {r.output}: face ({box}) {r.detector} score {r.face_score:.2f}, crop side "
+              f"{r.crop_side:.0f} px rotated {r.roll_deg:+.1f} deg, scale {r.scale:.2f}, matte {r.matte} "
+              f"{r.mask_coverage:.0%}" + "".join(f"; note: {n}" for n in r.notes))
+    print(f"wrote {out}/{portrait.REPORT_NAME}")
 
 
 def _avatar_flag(fv: flags.FlagValues, argv: list[str]) -> None:
@@ -318,11 +367,17 @@ def run_reconstruct(fv: flags.FlagValues) -> None:
     if (fv.images is None) == (fv.identity is None):
         raise UsageError("reconstruct needs exactly one of --images or --identity")
     config, system = _system(fv)
-    if fv.images is not None:
+    if fv.images is not None and fv.raw:
         media.load_portraits(fv.images, size=system.image_size)  # unreadable photos fail before the model loads
+    elif fv.images is not None:
+        from flexavatar_jax.data import portrait
+
+        _faces_extra()
+        portrait.read_portrait_files(fv.images)  # as above; the faces are found once the checkpoint is read
     params = _trained_params(fv, config, system)
     if fv.images is not None:
-        avatar, source = inference.reconstruct_from_images(system, params, fv.images), ",".join(fv.images)
+        avatar = inference.reconstruct_from_images(system, params, fv.images, prepare=not fv.raw)
+        source = ",".join(fv.images)
     else:
         world = SyntheticWorld(config.data.synthetic, system.head)
         avatar, _ = inference.reconstruct_from_dataset(system, params, world, fv.identity, seed=config.seed)
@@ -412,6 +467,9 @@ COMMANDS: dict[str, Command] = {
                      _flags(_RUN, _distributed_flags), run_train),
     "eval": Command("Held-out evaluation of the newest checkpoint against the untrained model.", _RUN, run_eval),
     "refine": Command("Per-identity refinement of held-out identities, PSNR before/after.", _RUN, run_refine),
+    "prepare": Command("Model inputs from portrait photos: face crop with the training framing, matte, resize.",
+                       _flags(_prepare_flags, _out(None, "Output directory (one PNG per photo, prepare.json).")),
+                       run_prepare),
     "reconstruct": Command("An avatar file from 1-4 photos or a synthetic identity.",
                            _flags(_RUN, _reconstruct_flags, _out(None, "The avatar .npz to write.")),
                            run_reconstruct),

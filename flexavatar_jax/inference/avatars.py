@@ -177,10 +177,13 @@ def _check_recorded_config(system: FlexAvatar, meta: dict) -> None:
 
 # ---------------------------------------------------------------------------------------------- reconstruct
 def reconstruct_from_images(system: FlexAvatar, params: dict, paths: str | os.PathLike | Sequence,
-                            background: Sequence[float] = WHITE) -> Avatar:
+                            background: Sequence[float] = WHITE, prepare: bool = False) -> Avatar:
     """An avatar from 1–4 square portrait files (`media.load_portraits` at `system.image_size`;
     0 or >4 files, non-square or unreadable images raise there). Images with an alpha channel
     are composited over `background` (the synthetic training images have a solid background).
+    With `prepare`, the files are photos as they come: each is cropped around its one face with
+    the training framing and matted to `background` first (`data.portrait.prepared_images`,
+    the optional `faces` extra; a photo with no face or several faces raises ValueError).
 
     Raises ValueError for a lifter that needs cameras (`dual_uv`, `symmetric`): photos carry no
     cameras or tracked head parameters."""
@@ -188,6 +191,11 @@ def reconstruct_from_images(system: FlexAvatar, params: dict, paths: str | os.Pa
         raise ValueError(f"the {system.cfg.lifter_type!r} lifter needs calibrated cameras and tracked head "
                          "parameters for its inputs, which photos do not carry: reconstruct from dataset frames "
                          "(reconstruct_from_dataset) or use a model trained with the default 'queries' lifter")
+    if prepare:
+        from flexavatar_jax.data import portrait
+
+        images, _ = portrait.prepared_images(paths, system.image_size, background)
+        return _jitted(system, "reconstruct")(params, jnp.asarray(images))
     images, alphas = media.load_portraits(paths, size=system.image_size)
     if alphas is not None:
         a = alphas[..., None]
