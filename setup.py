@@ -94,7 +94,7 @@ setup(
     packages=find_packages(include=["flexavatar_jax", "flexavatar_jax.*"])
     + ["flexavatar_jax.configs", "flexavatar_jax.configs.studies"],
     package_dir={"flexavatar_jax.configs": "configs", "flexavatar_jax.configs.studies": "configs/studies"},
-    package_data={"flexavatar_jax": ["head/README.md"]},
+    package_data={"flexavatar_jax": ["head/README.md", "data/assets/*.npz"]},
     install_requires=[
         "jax>=0.11,<0.13",
         "flax>=0.11,<0.13",

@@ -12,8 +12,10 @@
     flexavatar-jax prepare --images a.jpg,b.jpg --out DIR [--size 512]   (face crop + matte; needs .[faces])
     flexavatar-jax reconstruct --config ... --workdir out/tiny (--images a.png,b.png | --identity 1000000) --out me.npz
         [--raw]             (photos are prepared like `prepare` unless --raw)
-    flexavatar-jax animate --config ... --workdir out/tiny --avatar me.npz (--motion m.npz | --driver_identity 1000001)
-        --out me.gif        (also writes me_turntable.gif)
+    flexavatar-jax track --video talk.mp4 --out talk_motion.npz [--fov_deg 32]   (face tracker; needs .[faces])
+    flexavatar-jax animate --config ... --workdir out/tiny --avatar me.npz (--motion m.npz | --driver_identity 1000001
+        | --video talk.mp4) --out me.gif   (also writes me_turntable.gif; --video: tracks the video first, writes
+        me_motion.npz and puts the driving video beside the avatar)
     flexavatar-jax export --config ... --workdir out/tiny --avatar me.npz --out me.ply
     flexavatar-jax sweep plan|run|report --study configs/studies/identity_scaling.py:tiny --root out/study
 
@@ -338,7 +340,10 @@ def _animate_flags(fv: flags.FlagValues, argv: list[str]) -> None:
                         "tracked-parameter .npz or a VHAP flame_param/ folder.", flag_values=fv)
     flags.DEFINE_integer("driver_identity", None, "Drive with this synthetic identity's first clip.", flag_values=fv)
     flags.DEFINE_integer("frames", None, "Number of frames (default: the whole motion).", flag_values=fv)
-    flags.DEFINE_integer("fps", 25, "Frames per second of the video.", flag_values=fv)
+    flags.DEFINE_integer("fps", 25, "Frames per second of the video (with --video: the video's own).", flag_values=fv)
+    flags.DEFINE_string("video", None, "Drive with a video of a face: tracked first (like `track`), the output shows "
+                        "it beside the avatar.", flag_values=fv)
+    flags.DEFINE_bool("side_by_side", True, "With --video: driving video | avatar in one video.", flag_values=fv)
 
 
 def _system(fv: flags.FlagValues):
@@ -392,21 +397,57 @@ def run_animate(fv: flags.FlagValues) -> None:
     from flexavatar_jax.data.synthetic import SyntheticWorld
 
     out, avatar_path = _required(fv, "out"), _required(fv, "avatar")
-    if (fv.motion is None) == (fv.driver_identity is None):
-        raise UsageError("animate needs exactly one of --motion or --driver_identity")
+    if sum(v is not None for v in (fv.motion, fv.driver_identity, fv.video)) != 1:
+        raise UsageError("animate needs exactly one of --motion, --driver_identity or --video")
     media.check_video_path(out)
     config, system = _system(fv)
     avatar, _ = inference.load_avatar(avatar_path, system)
+    stem, _ = os.path.splitext(out)
+    if fv.video is not None:
+        from flexavatar_jax.data import tracking
+
+        driving_frames, video_fps = tracking.read_video(fv.video, fv.frames)  # a bad video fails before the model
     if fv.motion is not None:
         motion = driving.take_frames(driving.load_motion(fv.motion, system.head.num_expression), fv.frames)
     params = _trained_params(fv, config, system)
-    if fv.motion is None:
+    if fv.driver_identity is not None:
         world = SyntheticWorld(config.data.synthetic, system.head)
         motion = driving.driving_sequence(world, fv.driver_identity, fv.frames)
-    media.write_video(out, inference.animate_frames(system, params, avatar, motion), fps=fv.fps)
-    stem, _ = os.path.splitext(out)
+    if fv.video is not None:
+        motion = tracking.track_video(driving_frames, f"{stem}_motion.npz", fps=video_fps, model=system.head).motion
+    frames = inference.animate_frames(system, params, avatar, motion)
+    if fv.video is not None and fv.side_by_side:
+        frames = tracking.side_by_side(driving_frames, frames)
+    media.write_video(out, frames, fps=video_fps if fv.video is not None else fv.fps)
     media.write_video(f"{stem}_turntable.gif", inference.turntable_frames(system, params, avatar), fps=12)
     print(f"wrote {out}, {stem}_turntable.gif")
+
+
+def _track_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+    flags.DEFINE_string("video", None, "The video to track (.mp4/.mov/.avi/.mkv/.webm/.m4v need OpenCV, .gif "
+                        "does not).", flag_values=fv)
+    flags.DEFINE_float("fov_deg", 32.0, "The camera's vertical field of view in degrees (assumed; the default is the "
+                       "synthetic front camera's).", flag_values=fv)
+    flags.DEFINE_integer("frames", None, "Track only the first N frames.", flag_values=fv)
+    flags.DEFINE_integer("identity_frames", 16, "Frames with a face the identity (shape) is fitted on.",
+                         flag_values=fv)
+    flags.DEFINE_bool("smooth", True, "One-euro smoothing of the fitted parameters.", flag_values=fv)
+    flags.DEFINE_string("landmarks", None, "A landmark embedding .npz for --head (default: the procedural head's "
+                        "built-in one).", flag_values=fv)
+
+
+def run_track(fv: flags.FlagValues) -> None:
+    import numpy as np
+
+    from flexavatar_jax.data import landmarks, tracking
+
+    video, out = _required(fv, "video"), _required(fv, "out")
+    model, _ = _load_head(fv)
+    embedding = landmarks.LandmarkEmbedding.load(fv.landmarks) if fv.landmarks else None
+    result = tracking.track_video(video, out, model=model, embedding=embedding, fov_deg=fv.fov_deg,
+                                  identity_frames=fv.identity_frames, smooth=fv.smooth, max_frames=fv.frames)
+    print(f"wrote {out} ({result.num_frames} frames, a face in {int(result.detected.sum())}, reprojection "
+          f"{float(np.nanmean(result.reprojection_px)):.2f} px RMS)")
 
 
 def run_export(fv: flags.FlagValues) -> None:
@@ -476,6 +517,8 @@ COMMANDS: dict[str, Command] = {
     "animate": Command("A video of an avatar driven by a motion (and a turntable GIF).",
                        _flags(_RUN, _avatar_flag, _animate_flags, _out(None, "The video to write (.gif/.mp4).")),
                        run_animate),
+    "track": Command("Track a face video: per-frame head-model expression and pose (the motion .npz animate reads).",
+                     _flags(_track_flags, _head, _out(None, "The motion .npz to write.")), run_track),
     "export": Command("A 3DGS .ply of an avatar (neutral expression) for splat viewers.",
                       _flags(_RUN, _avatar_flag, _out(None, "The .ply to write.")), run_export),
     "sweep": Command("A study over configs: `sweep plan|run|report --study FILE:VARIANT --root DIR`.",

@@ -72,7 +72,10 @@ def test_every_command_help_lists_only_its_own_flags(capsys):
         "refine": {"config", "workdir"},
         "reconstruct": {"config", "workdir", "images", "identity", "raw", "out"},
         "prepare": {"images", "size", "background", "matte", "out"},
-        "animate": {"config", "workdir", "avatar", "motion", "driver_identity", "frames", "fps", "out"},
+        "animate": {"config", "workdir", "avatar", "motion", "driver_identity", "video", "side_by_side", "frames", "fps",
+                    "out"},
+        "track": {"video", "fov_deg", "frames", "identity_frames", "smooth", "landmarks", "head", "uv_obj", "flame_masks",
+                  "out"},
         "export": {"config", "workdir", "avatar", "out"},
         "sweep": {"study", "root", "max_points", "bootstrap"},
     }
