@@ -68,6 +68,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
                                                  event_rate=0.012, **FEATURE_MIX))
     d.min_inputs = 1
     d.max_inputs = 4
+    d.input_count_weights = ()  # relative weights of min..max inputs per example; () = uniform
     d.num_targets = 4
     d.reconstruction_prob = 0.3
     d.examples_per_identity = 64

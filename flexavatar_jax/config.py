@@ -128,7 +128,8 @@ class ModelConfig:
 @frozen
 class DataConfig(ExampleConfig):
     """Training data: what `data.pipeline.ExampleSource` reads (the `ExampleConfig` fields: per
-    example `min_inputs`..`max_inputs` input views and `num_targets` targets, `reconstruction_prob`
+    example `min_inputs`..`max_inputs` input views (drawn with `input_count_weights`, uniform when
+    empty) and `num_targets` targets, `reconstruction_prob`
     of targets being the input frames themselves, `examples_per_identity` per epoch, `balance`
     expression balancing, `input_annotations` input cameras and tracked parameters, switched on
     anyway for a lifter that reads them) plus: `source` synthetic | vhap (then `vhap_folders`,

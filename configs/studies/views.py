@@ -14,11 +14,15 @@ model, 32 held-out identities × 4 targets, 1/2/4 views, input-shuffle control):
           the person from one view and recall the rest, so extra views are worth little; with
           more identities than training examples it can only read them.
 
+* four_view_bias — `data.input_count_weights=(1,1,1,3)`: half the training examples have 4 input
+          views (a quarter by default), a sixth have 1: more of the signal that rewards fusing views.
+
 * tiny  — 2 variants × 2 seeds on 2 CPU cores (about 30 minutes).
 * long  — the same at 1,200 steps (4× the ablation study, 2× the tiny main job; about 50 minutes):
           the training-length hypothesis (do the queries learn to select views later?).
 * identities — baseline and many_ids at 300 steps, 2 seeds (about 30 minutes): the
           training-identity hypothesis.
+* inputs — baseline and four_view_bias at 300 steps, 2 seeds: the input-count hypothesis.
 * smoke — the test: a micro model, a few steps.
 """
 
@@ -27,7 +31,7 @@ import ml_collections
 from flexavatar_jax.configs.studies.ablations import TINY_EVALUATION, VIEWS, _views
 from flexavatar_jax.configs.studies.identity_scaling import MICRO, overrides
 
-VARIANTS = ("tiny", "long", "identities", "smoke")
+VARIANTS = ("tiny", "long", "identities", "inputs", "smoke")
 
 STUDY_VARIANTS = (
     ("baseline", ()),
@@ -36,6 +40,10 @@ STUDY_VARIANTS = (
 IDENTITY_VARIANTS = (
     ("baseline", ()),
     ("many_ids", (("data.num_identities", 1024),)),
+)
+INPUT_VARIANTS = (
+    ("baseline", ()),
+    ("four_view_bias", (("data.input_count_weights", (1.0, 1.0, 1.0, 3.0)),)),
 )
 
 def _claims(variant: str, *own: tuple) -> tuple:
@@ -64,6 +72,14 @@ IDENTITY_CLAIMS = _claims(
     ("more training identities help 1-view held-out quality", "many_ids:self/1_views/all/psnr",
      "baseline:self/1_views/all/psnr", "+", "FlexAvatar Fig. 5 (identity scaling)"),
 )
+INPUT_CLAIMS = _claims(
+    "four_view_bias",
+    ("training on more 4-view examples helps 4-view side/back", "four_view_bias:self/4_views/side_back/psnr",
+     "baseline:self/4_views/side_back/psnr", "+", "issue 17 (this repository)"),
+    ("training on more 4-view examples does not cost 1-view quality", "four_view_bias:self/1_views/all/psnr",
+     "baseline:self/1_views/all/psnr", "+", "issue 17 (this repository)"),
+)
+STUDIES = {"identities": (IDENTITY_VARIANTS, IDENTITY_CLAIMS), "inputs": (INPUT_VARIANTS, INPUT_CLAIMS)}
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
@@ -72,10 +88,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = f"views:{arg}"
     c.compute = "fixed_steps"
-    c.variants = IDENTITY_VARIANTS if arg == "identities" else STUDY_VARIANTS
-    c.claims = IDENTITY_CLAIMS if arg == "identities" else CLAIMS
+    c.variants, c.claims = STUDIES.get(arg, (STUDY_VARIANTS, CLAIMS))
     c.base_config = "configs/flexavatar.py:tiny"
-    if arg in ("tiny", "long", "identities"):  # the ablation study's training and evaluation
+    if arg in ("tiny", "long", "identities", "inputs"):  # the ablation study's training and evaluation
         c.seeds = (0, 1)
         c.steps = 1200 if arg == "long" else 300
         c.overrides = overrides(TINY_EVALUATION)

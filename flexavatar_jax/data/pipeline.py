@@ -205,6 +205,8 @@ class VHAPFrames:
 class ExampleConfig:
     min_inputs: int = 1
     max_inputs: int = 4
+    # Relative weights of min_inputs..max_inputs input views per example (empty: all equally likely).
+    input_count_weights: tuple[float, ...] = ()
     num_targets: int = 4
     reconstruction_prob: float = 0.3
     examples_per_identity: int = 64
@@ -218,6 +220,19 @@ class ExampleConfig:
             raise ValueError("num_targets and examples_per_identity must be >= 1")
         if not 0.0 <= self.reconstruction_prob <= 1.0:
             raise ValueError(f"reconstruction_prob must be in [0,1], got {self.reconstruction_prob}")
+        w = np.asarray(self.input_count_weights, np.float64)
+        if w.size and (w.shape != (self.max_inputs - self.min_inputs + 1,) or not np.all(np.isfinite(w))
+                       or w.min() < 0 or w.sum() <= 0):
+            raise ValueError(f"input_count_weights must be {self.max_inputs - self.min_inputs + 1} finite weights >= 0 "
+                             f"(for {self.min_inputs}..{self.max_inputs} inputs) with a positive sum, or empty; "
+                             f"got {self.input_count_weights!r}")
+
+    def draw_num_inputs(self, rng: np.random.Generator) -> int:
+        """The number of input views of one example."""
+        if not self.input_count_weights:
+            return int(rng.integers(self.min_inputs, self.max_inputs + 1))
+        w = np.asarray(self.input_count_weights, np.float64)
+        return self.min_inputs + int(rng.choice(w.size, p=w / w.sum()))
 
 
 class ExampleSource:
@@ -257,7 +272,7 @@ class ExampleSource:
         rng = np.random.default_rng([self.seed, int(index)])
         identity = int(index // cfg.examples_per_identity)
         n_frames = self.frames.num_frames(identity)
-        n_in = int(rng.integers(cfg.min_inputs, cfg.max_inputs + 1))
+        n_in = cfg.draw_num_inputs(rng)
         in_frames = rng.choice(n_frames, size=n_in, replace=n_in > n_frames)
         in_cams = [self._camera(rng, identity, int(f)) for f in in_frames]
         recon = bool(rng.uniform() < cfg.reconstruction_prob)

@@ -129,3 +129,28 @@ def test_bad_example_config_raises():
         pipeline.ExampleConfig(max_inputs=5)
     with pytest.raises(ValueError, match="reconstruction_prob"):
         pipeline.ExampleConfig(reconstruction_prob=1.5)
+
+
+def test_input_count_weights_follow_the_config(world):
+    """Uniform by default (the same draw as before the option existed); with weights, the input
+    counts follow them (binomial 4-SE bounds over 2,000 examples); a weight of 0 never occurs."""
+    frames = pipeline.SyntheticFrames(world, num_identities=2)
+    uniform = pipeline.ExampleSource(frames, pipeline.ExampleConfig(examples_per_identity=40), seed=3)
+    for i in range(0, 80, 7):
+        assert int(uniform[i]["num_inputs"]) == int(np.random.default_rng([3, i]).integers(1, 5))
+    weights = (1.0, 0.0, 1.0, 2.0)
+    cfg = pipeline.ExampleConfig(examples_per_identity=1000, input_count_weights=weights)
+    src = pipeline.ExampleSource(frames, cfg, seed=0)
+    counts = np.bincount([int(src[i]["num_inputs"]) for i in range(len(src))], minlength=5)[1:]
+    p = np.asarray(weights) / sum(weights)
+    n = counts.sum()
+    assert counts[1] == 0
+    assert np.all(np.abs(counts / n - p) <= 4 * np.sqrt(p * (1 - p) / n) + 1e-12), counts
+    narrow = pipeline.ExampleConfig(min_inputs=3, max_inputs=4, input_count_weights=(0.0, 1.0))
+    assert all(narrow.draw_num_inputs(np.random.default_rng(k)) == 4 for k in range(20))
+
+
+@pytest.mark.parametrize("weights", [(1.0, 1.0), (1.0, -1.0, 1.0, 1.0), (0.0, 0.0, 0.0, 0.0), (1.0, float("nan"), 1.0, 1.0)])
+def test_bad_input_count_weights_are_refused(weights):
+    with pytest.raises(ValueError, match="input_count_weights"):
+        pipeline.ExampleConfig(input_count_weights=weights)
