@@ -32,7 +32,7 @@ ALL_VARIANTS = (
 
 # (claim, a, b, expected sign of a − b, source)
 def _views(a: int, b: int, split: str, mode: str = "self", variant: str = "baseline") -> tuple:
-    who = "" if variant == "baseline" else f" ({variant} lifter)"
+    who = "" if variant == "baseline" else f" ({variant})"
     return (f"{a} views beat {b}, {mode}, {split.replace('_', '/')}{who}", f"{variant}:{mode}/{a}_views/{split}/psnr",
             f"{variant}:{mode}/{b}_views/{split}/psnr", "+", "FlexAvatar (multi-view input)")
 
