@@ -406,7 +406,7 @@ def run_animate(fv: flags.FlagValues) -> None:
     if fv.video is not None:
         from flexavatar_jax.data import tracking
 
-        driving_frames, video_fps = tracking.read_video(fv.video, fv.frames)  # a bad video fails before the model
+        driving_frames, video_fps = media.read_video(fv.video, fv.frames)  # a bad video fails before the model
     if fv.motion is not None:
         motion = driving.take_frames(driving.load_motion(fv.motion, system.head.num_expression), fv.frames)
     params = _trained_params(fv, config, system)
@@ -417,7 +417,7 @@ def run_animate(fv: flags.FlagValues) -> None:
         motion = tracking.track_video(driving_frames, f"{stem}_motion.npz", fps=video_fps, model=system.head).motion
     frames = inference.animate_frames(system, params, avatar, motion)
     if fv.video is not None and fv.side_by_side:
-        frames = tracking.side_by_side(driving_frames, frames)
+        frames = media.side_by_side(driving_frames, frames)
     media.write_video(out, frames, fps=video_fps if fv.video is not None else fv.fps)
     media.write_video(f"{stem}_turntable.gif", inference.turntable_frames(system, params, avatar), fps=12)
     print(f"wrote {out}, {stem}_turntable.gif")

@@ -1,4 +1,5 @@
-"""Image and video I/O for the user-facing commands: portrait loading, PNG/GIF/MP4 writing, grids.
+"""Image and video I/O for the user-facing commands: portrait loading, PNG/GIF/MP4 writing, grids,
+reading videos (GIF; MP4 and other containers through OpenCV, the `faces` extra), side-by-side videos.
 
 Every file is written atomically (`files`: a temporary sibling renamed into place).
 Pixel values in memory are float32 in [0,1] (or uint8 where stated); images are `[H,W,3]` RGB,
@@ -247,3 +248,114 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
                     f"{list(first.shape)} {first.dtype}"
                 )
     return np.concatenate([np.concatenate(row, axis=1) for row in rows], axis=0)
+
+
+# ---------------------------------------------------------------------------------------------- reading videos
+MAX_VIDEO_FRAMES = 100_000
+VIDEO_READ_SUFFIXES = (".gif", ".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
+DEFAULT_FPS = 25.0
+
+
+def read_video(path: PathLike, max_frames: int | None = None, default_fps: float = DEFAULT_FPS) -> tuple[UInt8[np.ndarray, "t h w 3"], float]:
+    """(frames uint8 `[T,H,W,3]` RGB, fps) of a `.gif` (Pillow) or `.mp4`/`.mov`/`.avi`/`.mkv`/
+    `.webm`/`.m4v` (OpenCV, the `faces` extra). FileNotFoundError for a missing file; ValueError
+    for an unknown suffix, an undecodable or corrupt file, or a video with 0 frames."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix not in VIDEO_READ_SUFFIXES:
+        raise ValueError(f"{path}: unknown video type {suffix!r}; readable: {', '.join(VIDEO_READ_SUFFIXES)}")
+    limit = MAX_VIDEO_FRAMES if max_frames is None else int(max_frames)
+    if limit < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    frames: list[np.ndarray] = []
+    if suffix == ".gif":
+        from PIL import Image, ImageSequence, UnidentifiedImageError
+
+        durations = []
+        try:
+            with Image.open(path) as im:
+                for frame in ImageSequence.Iterator(im):
+                    frames.append(np.asarray(frame.convert("RGB")))
+                    durations.append(float(frame.info.get("duration", 0) or 40.0))
+                    if len(frames) >= limit:
+                        break
+        except UnidentifiedImageError as e:
+            raise ValueError(f"{path}: not a readable GIF") from e
+        except (OSError, SyntaxError, EOFError, ValueError, Image.DecompressionBombError) as e:
+            raise ValueError(f"{path}: corrupt or truncated GIF ({type(e).__name__}: {e})") from e
+        # GIF writers (Pillow included) merge identical consecutive frames into one shown longer:
+        # expand them back at the shortest frame duration, so time runs as in the source.
+        step = min(durations) if durations else 40.0
+        repeats = [max(1, round(d / step)) for d in durations]
+        frames = [f for f, n in zip(frames, repeats) for _ in range(n)][:limit]
+        fps = 1000.0 / step
+    else:
+        try:
+            import cv2
+        except ImportError:
+            raise ValueError(f"{path}: reading {suffix} videos needs OpenCV (the faces extra: "
+                             "pip install -e .[faces]); .gif works without it") from None
+        cap = cv2.VideoCapture(str(path))
+        try:
+            if not cap.isOpened():
+                raise ValueError(f"{path}: cannot decode the video (corrupt file or unsupported codec)")
+            fps = float(cap.get(cv2.CAP_PROP_FPS)) or default_fps
+            while len(frames) < limit:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+        finally:
+            cap.release()
+        if not np.isfinite(fps) or fps <= 0 or fps > 1000:
+            fps = default_fps
+    if not frames:
+        raise ValueError(f"{path}: the video has 0 frames (or none could be decoded: corrupt file?)")
+    shapes = {f.shape for f in frames}
+    if len(shapes) != 1:
+        raise ValueError(f"{path}: frames of different sizes {sorted(shapes)}")
+    return np.stack(frames), float(fps)
+
+
+def check_frames(frames) -> np.ndarray:
+    """`frames` as uint8 `[T,H,W,3]` (float in [0,1] is converted), or ValueError."""
+    a = np.asarray(frames)
+    if a.ndim != 4 or a.shape[-1] != 3:
+        raise ValueError(f"frames must be [T,H,W,3] RGB, got {list(a.shape)}")
+    if a.shape[0] == 0:
+        raise ValueError("the video has 0 frames")
+    if a.dtype == np.uint8:
+        return a
+    if not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"frames must be uint8 or float in [0,1], got dtype {a.dtype}")
+    if not np.all(np.isfinite(a)) or a.min() < 0 or a.max() > 1:
+        raise ValueError("float frames must be finite and in [0,1]")
+    return np.round(a * 255.0).astype(np.uint8)
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Two videos `[T,H,W,3]` (uint8 or float in [0,1]) next to each other, float32 `[T,H',W1+W2',3]`:
+    the shorter side is resized to the taller one's height (aspect kept, bilinear), frame counts
+    must match."""
+    from PIL import Image
+
+    a, b = check_frames(left), check_frames(right)
+    if len(a) != len(b):
+        raise ValueError(f"side_by_side: {len(a)} frames against {len(b)}")
+    h = max(a.shape[1], b.shape[1])
+
+    def fit(v):
+        if v.shape[1] == h:
+            return v
+        w = max(2, int(round(v.shape[2] * h / v.shape[1])))
+        return np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.Resampling.BILINEAR)) for f in v])
+
+    a, b = fit(a), fit(b)
+    out = np.concatenate([a, b], axis=2)
+    if out.shape[2] % 2:  # H.264 needs even sizes
+        out = out[:, :, :-1]
+    if out.shape[1] % 2:
+        out = out[:, :-1]
+    return out.astype(np.float32) / 255.0

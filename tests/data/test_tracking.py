@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flexavatar_jax.data import driving
+from flexavatar_jax.data import driving, media
 from flexavatar_jax.data import landmarks as lmk
 from flexavatar_jax.data import tracking
 from flexavatar_jax.head import HeadParams, lbs
@@ -314,7 +314,7 @@ def test_track_video_from_a_gif_writes_the_motion(tmp_path, known_truth, procedu
     grey = np.linspace(0.2, 0.8, len(projected), dtype=np.float32)
     grey[1] = grey[0]  # GIF writers merge identical consecutive frames: read back, they are expanded again
     media.write_video(video, np.broadcast_to(grey[:, None, None, None], (len(projected), SIZE, SIZE, 3)), fps=25)
-    frames, fps = tracking.read_video(video)
+    frames, fps = media.read_video(video)
     assert frames.shape == (16, SIZE, SIZE, 3) and frames.dtype == np.uint8 and fps == pytest.approx(25, rel=0.1)
     assert np.array_equal(frames[0], frames[1]) and not np.array_equal(frames[1], frames[2])
     out = tmp_path / "m.npz"
@@ -342,7 +342,7 @@ def test_bad_videos_raise_and_write_nothing(tmp_path, procedural_head, embedding
     text = tmp_path / "notes.txt"
     text.write_text("hello")
     with pytest.raises(ValueError, match="unknown video type"):
-        tracking.read_video(text)
+        media.read_video(text)
     # No face anywhere: nothing is fitted, nothing written.
     with pytest.raises(ValueError, match="no face"):
         tracking.track_video(np.zeros((3, 64, 64, 3), np.uint8), out, detector=lambda frame: [], **kw)
@@ -356,20 +356,20 @@ def test_corrupt_and_empty_mp4_files_raise(tmp_path):
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(np.random.default_rng(1).bytes(4096))
     with pytest.raises(ValueError, match="cannot decode|0 frames"):
-        tracking.read_video(corrupt)
+        media.read_video(corrupt)
     empty = tmp_path / "empty.mp4"
     writer = cv2.VideoWriter(str(empty), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (64, 64))
     writer.release()
     if empty.exists():
         with pytest.raises(ValueError, match="cannot decode|0 frames"):
-            tracking.read_video(empty)
+            media.read_video(empty)
     # A real (tiny) mp4 reads back with its frame count and rate.
     clip = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 20.0, (64, 48))
     for i in range(5):
         writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
     writer.release()
-    frames, fps = tracking.read_video(clip)
+    frames, fps = media.read_video(clip)
     assert frames.shape == (5, 48, 64, 3) and fps == pytest.approx(20.0)
 
 
@@ -392,11 +392,11 @@ def test_landmark_track_input_is_checked(procedural_head, embedding):
 def test_side_by_side():
     left = np.zeros((3, 64, 48, 3), np.uint8)
     right = np.ones((3, 32, 32, 3), np.float32)
-    both = tracking.side_by_side(left, right)
+    both = media.side_by_side(left, right)
     assert both.shape == (3, 64, 48 + 64, 3) and both.dtype == np.float32
     assert both[:, :, :48].max() == 0 and both[:, :, 48:].min() == 1
     with pytest.raises(ValueError, match="frames against"):
-        tracking.side_by_side(left, right[:2])
+        media.side_by_side(left, right[:2])
 
 
 # ---------------------------------------------------------------------------------------------- real faces
@@ -492,7 +492,7 @@ def test_animate_from_a_video_writes_side_by_side_and_motion(tmp_path, astronaut
     media.write_video(video, np.stack([crop, np.roll(crop, 3, axis=0), crop]), fps=10)
     out = tmp_path / "me.gif"
     assert cli.main(["flexavatar-jax", "animate", *w, f"--avatar={avatar}", f"--video={video}", f"--out={out}"]) == 0
-    frames, fps = tracking.read_video(out)
+    frames, fps = media.read_video(out)
     assert inference.make_system(config.model, config.head).image_size < 256  # the avatar is scaled up to 256
     assert frames.shape[:3] == (3, 256, 256 + 256)
     assert fps == pytest.approx(10, rel=0.1)
