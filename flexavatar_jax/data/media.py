@@ -51,6 +51,23 @@ def _image_to_float(image: Image.Image, path: Path) -> np.ndarray:
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
+def read_image_file(path: PathLike) -> Float[np.ndarray, "h w c"]:
+    """float32 `[H,W,3]` or `[H,W,4]` (RGB[A]) in [0,1] of an image file (any format Pillow reads),
+    EXIF orientation applied, greyscale replicated to RGB (`_image_to_float`). FileNotFoundError
+    for a missing path, ValueError naming the file for anything unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"portrait image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            return _image_to_float(image, path)
+    except UnidentifiedImageError as e:
+        raise ValueError(f"{path}: not a readable image file") from e
+    except (OSError, SyntaxError, EOFError) as e:  # truncated or corrupt data inside a known format
+        raise ValueError(f"{path}: corrupt or truncated image ({type(e).__name__}: {e})") from e
+
+
 def _resize_lanczos(pixels: np.ndarray, size: int) -> np.ndarray:
     """Resize float `[H,W,C]` (C = 3 or 4, alpha last) to `[size,size,C]` with Lanczos.
 
@@ -104,16 +121,7 @@ def load_portraits(
         )
     views = []
     for path in paths:
-        if not path.is_file():
-            raise FileNotFoundError(f"portrait image not found: {path}")
-        try:
-            with Image.open(path) as image:
-                image = ImageOps.exif_transpose(image)
-                pixels = _image_to_float(image, path)
-        except UnidentifiedImageError as e:
-            raise ValueError(f"{path}: not a readable image file") from e
-        except (OSError, SyntaxError, EOFError) as e:  # truncated or corrupt data inside a known format
-            raise ValueError(f"{path}: corrupt or truncated image ({type(e).__name__}: {e})") from e
+        pixels = read_image_file(path)
         height, width = pixels.shape[:2]
         if height != width:
             raise ValueError(
@@ -320,19 +328,11 @@ def read_video(path: PathLike, max_frames: int | None = None, default_fps: float
 
 
 def check_frames(frames) -> np.ndarray:
-    """`frames` as uint8 `[T,H,W,3]` (float in [0,1] is converted), or ValueError."""
+    """`frames` as uint8 `[T,H,W,3]` (float in [0,1] is converted, `_to_uint8`), or ValueError."""
     a = np.asarray(frames)
-    if a.ndim != 4 or a.shape[-1] != 3:
-        raise ValueError(f"frames must be [T,H,W,3] RGB, got {list(a.shape)}")
-    if a.shape[0] == 0:
+    if a.ndim == 4 and a.shape[0] == 0:
         raise ValueError("the video has 0 frames")
-    if a.dtype == np.uint8:
-        return a
-    if not np.issubdtype(a.dtype, np.floating):
-        raise ValueError(f"frames must be uint8 or float in [0,1], got dtype {a.dtype}")
-    if not np.all(np.isfinite(a)) or a.min() < 0 or a.max() > 1:
-        raise ValueError("float frames must be finite and in [0,1]")
-    return np.round(a * 255.0).astype(np.uint8)
+    return _to_uint8(a, "frames", 4)
 
 
 def side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:

@@ -50,8 +50,9 @@ from pathlib import Path
 
 import numpy as np
 from jaxtyping import Float, UInt8
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
+from flexavatar_jax.data import media
 from flexavatar_jax.files import write_atomic
 
 PathLike = str | os.PathLike
@@ -205,36 +206,14 @@ def detect_faces(image: UInt8[np.ndarray, "h w 3"], *, cnn_fallback: bool = True
 
 # ---------------------------------------------------------------------------------------------- loading
 def read_image(path: PathLike) -> tuple[UInt8[np.ndarray, "h w 3"], UInt8[np.ndarray, "h w"] | None]:
-    """(RGB uint8 `[H,W,3]`, alpha uint8 `[H,W]` or None) of an image file, EXIF orientation
-    applied. Greyscale (8/16-bit, float in [0,1]) is replicated to RGB; palette images are
-    expanded; an alpha channel that is opaque everywhere counts as none. The colour under
-    transparent pixels is returned as stored. Raises FileNotFoundError for a missing path and
-    ValueError naming the file for anything unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"portrait image not found: {path}")
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            image.load()
-            mode = image.mode
-            if mode in ("I;16", "I;16L", "I;16B", "I"):
-                grey = np.asarray(image, np.float64) / 65535.0
-                rgba = np.repeat(np.round(np.clip(grey, 0, 1) * 255).astype(np.uint8)[..., None], 3, -1)
-            elif mode == "F":
-                grey = np.asarray(image, np.float64)
-                if not np.all(np.isfinite(grey)) or grey.min() < 0 or grey.max() > 1:
-                    raise ValueError(f"{path}: float image values must be finite and in [0,1]")
-                rgba = np.repeat(np.round(grey * 255).astype(np.uint8)[..., None], 3, -1)
-            else:
-                has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-                rgba = np.asarray(image.convert("RGBA" if has_alpha else "RGB"))
-    except UnidentifiedImageError as e:
-        raise ValueError(f"{path}: not a readable image file") from e
-    except (OSError, SyntaxError, EOFError) as e:  # truncated or corrupt data inside a known format
-        raise ValueError(f"{path}: corrupt or truncated image ({type(e).__name__}: {e})") from e
-    rgb = np.ascontiguousarray(rgba[..., :3])
-    alpha = rgba[..., 3] if rgba.shape[-1] == 4 else None
+    """(RGB uint8 `[H,W,3]`, alpha uint8 `[H,W]` or None) of an image file, read as
+    `media.read_image_file` reads it (EXIF orientation applied; greyscale (8/16-bit, float in
+    [0,1]) replicated to RGB; palette images expanded); an alpha channel that is opaque everywhere
+    counts as none. The colour under transparent pixels is returned as stored. Raises
+    FileNotFoundError for a missing path and ValueError naming the file for anything unreadable."""
+    pixels = np.round(media.read_image_file(path).astype(np.float64) * 255.0).astype(np.uint8)
+    rgb = np.ascontiguousarray(pixels[..., :3])
+    alpha = pixels[..., 3] if pixels.shape[-1] == 4 else None
     if alpha is not None and alpha.min() == 255:
         alpha = None
     return rgb, (None if alpha is None else np.ascontiguousarray(alpha))
@@ -603,13 +582,11 @@ def read_portrait_files(paths: Sequence[PathLike] | PathLike) -> tuple[list[Path
     """(paths, `read_image` of each) for 1-4 portrait photos, after checking the count, that the
     `faces` extra is installed and that every file reads (all problems in one ValueError): the
     cheap checks `prepared_images` makes before any face detection."""
-    from flexavatar_jax.data.media import MAX_PORTRAITS
-
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     paths = [Path(p) for p in paths]
-    if not 1 <= len(paths) <= MAX_PORTRAITS:
-        raise ValueError(f"got {len(paths)} portrait images; between 1 and {MAX_PORTRAITS} are allowed")
+    if not 1 <= len(paths) <= media.MAX_PORTRAITS:
+        raise ValueError(f"got {len(paths)} portrait images; between 1 and {media.MAX_PORTRAITS} are allowed")
     require_faces_extra()
     pixels, problems = [], []
     for path in paths:
