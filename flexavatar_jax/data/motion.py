@@ -217,9 +217,11 @@ FRONT_FOV_DEG = 32.0
 
 
 def front_camera(image_size: int, distance: float = FRONT_DISTANCE_M,
-                 fov_deg: float = FRONT_FOV_DEG) -> tuple[np.ndarray, np.ndarray]:
+                 fov_deg: float = FRONT_FOV_DEG, height: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(viewmat [4,4], K [3,3]) of a camera `distance` metres in front of the face (+z) looking
-    at `HEAD_CENTER` (OpenCV; the subject's left, +x, is on the image's right)."""
+    at `HEAD_CENTER` (OpenCV; the subject's left, +x, is on the image's right), for images
+    `image_size` wide and `height` (default `image_size`) high; `fov_deg` is vertical."""
     eye = HEAD_CENTER + np.array([0.0, 0.0, distance], np.float32)
     viewmat = np.asarray(camera.look_at(eye, HEAD_CENTER), np.float32)
-    return viewmat, np.asarray(camera.intrinsics_from_fov(fov_deg, image_size, image_size), np.float32)
+    height = image_size if height is None else height
+    return viewmat, np.asarray(camera.intrinsics_from_fov(fov_deg, image_size, height), np.float32)

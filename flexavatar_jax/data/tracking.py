@@ -252,6 +252,14 @@ def _sizes(num_expression: int) -> dict[str, int]:
     return dict(expression=num_expression, jaw=3, eyes=6, neck=3, global_pose=3, translation=3)
 
 
+_POSE_UNKNOWNS = sum(_sizes(0).values())  # a frame's unknowns besides the expression (18)
+
+
+def num_unknowns(num_expression: int) -> int:
+    """Length of a frame's `pack` vector."""
+    return num_expression + _POSE_UNKNOWNS
+
+
 def pack(params: HeadParams) -> Float[Array, "... D"]:
     """Per-frame unknowns as one vector: expression, jaw, eyes, neck, global, translation."""
     return jnp.concatenate([params.expression, params.jaw_pose, params.eyes_pose, params.neck_pose,
@@ -259,10 +267,10 @@ def pack(params: HeadParams) -> Float[Array, "... D"]:
 
 
 def unpack(x: Float[Array, "... D"], shape: Float[Array, "... S"]) -> HeadParams:
-    e = x.shape[-1] - 18
+    e = x.shape[-1] - _POSE_UNKNOWNS
     return HeadParams(shape=shape, expression=x[..., :e], jaw_pose=x[..., e:e + 3], eyes_pose=x[..., e + 3:e + 9],
                       neck_pose=x[..., e + 9:e + 12], global_pose=x[..., e + 12:e + 15],
-                      translation=x[..., e + 15:e + 18])
+                      translation=x[..., e + 15:e + _POSE_UNKNOWNS])
 
 
 def _group_vector(num_expression: int, values: dict) -> jnp.ndarray:
@@ -397,7 +405,7 @@ def initial_unknowns(head: LandmarkHead, shape: Float[Array, " S"], obs: FrameOb
     """A starting point for a first frame: neutral face, no rotation, translated so that the
     neutral landmarks' centroid projects onto the detected one at the depth that matches their
     spread (pinhole similar triangles)."""
-    zero = jnp.zeros(head.num_expression + 18, jnp.float32)
+    zero = jnp.zeros(num_unknowns(head.num_expression), jnp.float32)
     params = unpack(zero, shape)
     pts = landmark_points(head, params, camera_lib.camera_center(viewmat))
     # A frame whose landmarks all have confidence 0 (a padding slot) starts like a real one.
@@ -565,9 +573,7 @@ class Tracking:
         `shape`, `landmarks`, `detected`, `reprojection_px`, `viewmat`, `K`, `fps`, `scheme`;
         written atomically (nothing appears under `path` unless the whole file was written)."""
         m = self.motion
-        pose = np.concatenate([np.asarray(m.global_pose), np.asarray(m.neck_pose), np.asarray(m.jaw_pose),
-                               np.asarray(m.eyes_pose)], -1)
-        arrays = dict(expression=np.asarray(m.expression, np.float32), pose=pose.astype(np.float32),
+        arrays = dict(expression=np.asarray(m.expression, np.float32), pose=np.asarray(m.pose_vector(), np.float32),
                       translation=np.asarray(m.translation, np.float32), shape=np.asarray(m.shape[0], np.float32),
                       landmarks=self.landmarks.astype(np.float32), detected=self.detected,
                       reprojection_px=self.reprojection_px.astype(np.float32), viewmat=self.viewmat.astype(np.float32),
@@ -582,10 +588,7 @@ def tracking_camera(width: int, height: int, fov_deg: float = DEFAULT_FOV_DEG) -
     """The tracker's fixed pinhole (see the module docstring): (viewmat [4,4], K [3,3])."""
     if not 1.0 <= fov_deg <= 150.0:
         raise ValueError(f"fov_deg must be in [1, 150] degrees, got {fov_deg}")
-    eye = motion_lib.HEAD_CENTER + np.array([0.0, 0.0, motion_lib.FRONT_DISTANCE_M], np.float32)
-    viewmat = np.asarray(camera_lib.look_at(eye, motion_lib.HEAD_CENTER), np.float32)
-    K = np.asarray(camera_lib.intrinsics_from_fov(fov_deg, width, height), np.float32)
-    return viewmat, K
+    return motion_lib.front_camera(width, fov_deg=fov_deg, height=height)
 
 
 def check_landmark_track(landmarks, num_landmarks: int) -> np.ndarray:
@@ -645,7 +648,7 @@ def fit_landmark_track(landmarks: Float[np.ndarray, "T L 2"], width: int, height
         raise ValueError(f"shape must have {head.num_shape} coefficients, got {list(np.shape(shape))}")
     shape_j, x_id = fit_identity(head, stacked, vm, kk, priors, shape=shape)
 
-    d = head.num_expression + 18
+    d = num_unknowns(head.num_expression)
     xs = np.zeros((len(lm), d), np.float32)
     err = np.full(len(lm), np.nan, np.float32)
     x_prev = np.asarray(x_id[0])
