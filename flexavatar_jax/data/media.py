@@ -91,6 +91,16 @@ def _resize_lanczos(pixels: np.ndarray, size: int) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def portrait_paths(paths: PathLike | Sequence[PathLike]) -> list[Path]:
+    """One path or a sequence of paths as a list of 1-`MAX_PORTRAITS` Paths, or ValueError."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = [Path(p) for p in paths]
+    if not 1 <= len(paths) <= MAX_PORTRAITS:
+        raise ValueError(f"got {len(paths)} portrait images; between 1 and {MAX_PORTRAITS} are allowed")
+    return paths
+
+
 def load_portraits(
     paths: PathLike | Sequence[PathLike], size: int = 512, *, allow_resize: bool = True
 ) -> tuple[Float[np.ndarray, "v size size 3"], Float[np.ndarray, "v size size"] | None]:
@@ -112,13 +122,7 @@ def load_portraits(
       ValueError: 0 or more than 4 paths, a non-square or unreadable image, or a size mismatch
         with `allow_resize=False`. FileNotFoundError: a path that does not exist.
     """
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    paths = [Path(p) for p in paths]
-    if not 1 <= len(paths) <= MAX_PORTRAITS:
-        raise ValueError(
-            f"got {len(paths)} portrait images; between 1 and {MAX_PORTRAITS} are allowed"
-        )
+    paths = portrait_paths(paths)
     views = []
     for path in paths:
         pixels = read_image_file(path)

@@ -582,11 +582,7 @@ def read_portrait_files(paths: Sequence[PathLike] | PathLike) -> tuple[list[Path
     """(paths, `read_image` of each) for 1-4 portrait photos, after checking the count, that the
     `faces` extra is installed and that every file reads (all problems in one ValueError): the
     cheap checks `prepared_images` makes before any face detection."""
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    paths = [Path(p) for p in paths]
-    if not 1 <= len(paths) <= media.MAX_PORTRAITS:
-        raise ValueError(f"got {len(paths)} portrait images; between 1 and {media.MAX_PORTRAITS} are allowed")
+    paths = media.portrait_paths(paths)
     require_faces_extra()
     pixels, problems = [], []
     for path in paths:
