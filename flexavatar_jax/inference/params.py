@@ -111,7 +111,9 @@ MISSING = _Missing()  # a field one of the two configs does not have
 def model_config_differences(model: ModelConfig, recorded: dict) -> dict[str, tuple[Any, Any]]:
     """`{dotted field: (recorded value, value in model)}` for every field of the model config
     whose value differs from a `recorded` one (read back from JSON: a checkpoint's or an avatar
-    file's); a field only one side has reads as `MISSING`. `dense_regions` compares as a whole."""
+    file's); a field only one side has reads as `MISSING`. `dense_regions` compares as a whole.
+    A field the record lacks and `model` leaves at its default is no difference: it was added
+    after the record was written, and a new field's default keeps the old behaviour."""
     def flat(tree: dict, prefix: str = "") -> dict:
         out = {}
         for k, v in tree.items():
@@ -122,9 +124,11 @@ def model_config_differences(model: ModelConfig, recorded: dict) -> dict[str, tu
         return out
 
     # Through JSON, so tuples compare equal to the lists read back.
-    have, saved = flat(json.loads(json.dumps(to_dict(model)))), flat(recorded)
+    as_json = lambda m: flat(json.loads(json.dumps(to_dict(m))))  # noqa: E731
+    have, saved, default = as_json(model), flat(recorded), as_json(ModelConfig())
     return {k: (saved.get(k, MISSING), have.get(k, MISSING)) for k in sorted(set(have) | set(saved))
-            if saved.get(k, MISSING) != have.get(k, MISSING)}
+            if saved.get(k, MISSING) != have.get(k, MISSING)
+            and not (k not in saved and k in default and have[k] == default[k])}
 
 
 def check_trained_config(model: ModelConfig, recorded: dict, where: str) -> None:

@@ -67,3 +67,22 @@ def test_initial_params_are_the_trainers_initial_params(tmp_path):
     cfg = micro_config(batch=2, single_device=True)
     trainer = loop.Trainer(cfg, str(tmp_path), devices=jax.devices()[:1])
     _assert_bitwise_equal(inference.initial_params(trainer.system, cfg.seed), trainer.init_state().params)
+
+
+def test_a_field_added_after_the_record_is_no_difference_at_its_default():
+    """A checkpoint written before a model field existed loads when that field is at its default
+    (the old behaviour), and is refused when it is not."""
+    import json
+
+    from flexavatar_jax.config import ModelConfig, to_dict
+    from flexavatar_jax.inference.params import MISSING, model_config_differences
+
+    model = ModelConfig()
+    recorded = json.loads(json.dumps(to_dict(model)))
+    del recorded["lifter"]["view_pose"]
+    assert model_config_differences(model, recorded) == {}
+    changed = dataclasses.replace(model, lifter=dataclasses.replace(model.lifter, view_pose=True))
+    assert model_config_differences(changed, recorded) == {"lifter.view_pose": (MISSING, True)}
+    # A field the record has and the model lacks is still a difference.
+    recorded["lifter"]["retired_option"] = 1
+    assert model_config_differences(model, recorded) == {"lifter.retired_option": (1, MISSING)}
