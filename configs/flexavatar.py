@@ -44,7 +44,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     m.lifter_type = "queries"
     m.grid = 32  # G: UV query grid
     m.lifter = ml_collections.ConfigDict(dict(width=384, num_heads=6, global_depth=2, depth=4,
-                                              fourier_frequencies=6, window=7, view_gate=False))
+                                              fourier_frequencies=6, window=7, view_gate=False, view_pose=False,
+                                              view_pose_oracle=False))
     m.uv_resolution = 256  # K: attribute maps and Gaussian grid
     m.dense_regions = ml_collections.ConfigDict(dict(scalp=2))  # region -> samples per texel side
     m.decoder = ml_collections.ConfigDict(dict(channels=64, id_channels=32))
@@ -91,6 +92,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     lo.scale_deviation = _term(0.01)
     lo.shape = _term(0.1)
     lo.lowres = _term(0.0)  # low-resolution auxiliary branch (renders at half size)
+    lo.view_pose = _term(0.1)  # input-camera directions, when model.lifter.view_pose predicts them
 
     # ---------------------------------------------------------------- optimisation
     t = c.train = ml_collections.ConfigDict()

@@ -30,7 +30,7 @@ from flexavatar_jax import inference
 from flexavatar_jax.config import Config
 from flexavatar_jax.data import eval_sets
 from flexavatar_jax.models import probes
-from flexavatar_jax.models.views import InputViews
+from flexavatar_jax.models.batch import input_views, model_inputs
 from flexavatar_jax.train import inputs
 
 flags.DEFINE_list("workdirs", None, "Trained run directories (each with config.json and checkpoints).")
@@ -49,12 +49,14 @@ def probe(workdir: str) -> dict:
     ids = inputs.heldout_for_eval(config)
     es = eval_sets.cached_eval_set(world, ids, 4, config.eval.num_targets, "self", config.eval.seed,
                                    config.data.cache_dir or None)
-    fn = jax.jit(lambda p, images, mask: probes.view_attention(system, p, InputViews(images, mask)))
+    # A lifter that reads the input cameras (the view-pose oracle) gets them, as in its evaluation.
+    fn = jax.jit(lambda p, rows: probes.view_attention(system, p, input_views(system, rows)))
     masses = []
     n = len(ids)
     for start in range(0, n, FLAGS.batch):
         rows = np.minimum(np.arange(start, start + FLAGS.batch), n - 1)
-        masses.append(np.asarray(fn(params, es["input_images"][rows], es["input_mask"][rows]))[:, : min(FLAGS.batch, n - start)])
+        batch = {k: v[rows] for k, v in model_inputs(es).items() if k.startswith("input_")}
+        masses.append(np.asarray(fn(params, batch))[:, : min(FLAGS.batch, n - start)])
     mass = np.concatenate(masses, axis=1)  # [blocks, n, q, v]
     q_az, q_valid = probes.query_azimuths(system)
     view_az, view_mask = es["input_azimuth_deg"].astype(np.float64), es["input_mask"]

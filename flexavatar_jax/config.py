@@ -58,7 +58,11 @@ class LifterConfig:
     (global cross-attention + symmetric window) block pairs (`symmetric`).
     Lifter-specific: `global_depth` self-attention blocks over the image tokens before the queries
     read them, `view_gate` a learned per-query choice of input views before each cross-attention
-    block (`models/head_queries.py`) (`queries` only); `window` the odd w of the w×w symmetric UV
+    block, `view_pose` a pose head that predicts where each input camera stands from its pixels
+    and steers every query to the views that face its surface point (trained by `loss.view_pose`;
+    both `models/head_queries.py`, `queries` only) and `view_pose_oracle` (a diagnostic: the
+    weighting uses the true input-camera directions, so the lifter needs input cameras and
+    tracked parameters like the projection lifters); `window` the odd w of the w×w symmetric UV
     windows (`symmetric` only)."""
 
     width: int = 384
@@ -67,6 +71,8 @@ class LifterConfig:
     fourier_frequencies: int = 6
     global_depth: int = 2
     view_gate: bool = False
+    view_pose: bool = False
+    view_pose_oracle: bool = False
     window: int = 7
 
 
@@ -170,7 +176,9 @@ class LossTerm:
 class LossConfig:
     """Loss weights (`train/losses.py`); `perceptual_weights`: converted LPIPS-VGG `.npz` ("" disables
     the perceptual and the mouth-perceptual terms, with a warning). `lowres` is the half-resolution
-    auxiliary branch."""
+    auxiliary branch. `view_pose`: 1 − cosine between the input-camera directions the lifter
+    predicts (`model.lifter.view_pose`) and the true ones (`data.motion.view_directions`); off
+    where the lifter predicts none, and in test-time refinement (photos carry no camera label)."""
 
     l1: LossTerm = LossTerm(1.0)
     dssim: LossTerm = LossTerm(0.2)
@@ -184,6 +192,7 @@ class LossConfig:
     scale_deviation: LossTerm = LossTerm(0.01)
     shape: LossTerm = LossTerm(0.1)
     lowres: LossTerm = LossTerm(0.0)
+    view_pose: LossTerm = LossTerm(0.1)
 
     def terms(self) -> dict[str, LossTerm]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.type in ("LossTerm", LossTerm)}

@@ -11,7 +11,9 @@ the model reads, with the same keys and shapes the host pipeline gives:
     input_images [B,4,H,W,3] (0 in padded slots)   target_images [B,T,H,W,3]   target_alphas [B,T,H,W,1]
     input_shape / target_shape [B,4|T,S] (the row's identity)
 
-plus, with `input_annotations`, `input_alphas` and the input cameras/params (without, those are
+plus `input_view_directions [B,4,3]` (where each input camera stands, seen from the head:
+`motion.view_directions`, 0 in padded slots; a training label, never a model input), with
+`input_annotations` `input_alphas` and the input cameras/params (without, those are
 dropped: the camera-free lifter never sees them), and with `with_depth` `target_depths [B,T,H,W,1]`
 (expected depth; the held-out eval sets, `eval_sets.py`, render through here too). `GroundTruthRenderer` jits it with the batch
 sharding in and out, for the training loop: the host sends only small numbers, the step reads
@@ -23,6 +25,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from flexavatar_jax.data import motion
 from flexavatar_jax.data.pipeline import MAX_INPUTS, SPEC_PARAM_FIELDS
 from flexavatar_jax.data.synthetic import SyntheticWorld
 from flexavatar_jax.head import HeadParams
@@ -49,6 +52,7 @@ def render_example_batch(world: SyntheticWorld, batch: dict, input_annotations: 
                                     both("backgrounds"), with_depth=with_depth, visible=visible)
     mask = batch["input_mask"][:, :, None, None, None]
     result = {k: v for k, v in batch.items() if k not in SPEC_ONLY_KEYS}
+    result["input_view_directions"] = input_view_directions(batch)
     if not input_annotations:
         result = {k: v for k, v in result.items() if k not in INPUT_ANNOTATION_KEYS}
     shape = out["shape"][:, None]
@@ -64,6 +68,13 @@ def render_example_batch(world: SyntheticWorld, batch: dict, input_annotations: 
         result["input_alphas"] = jnp.where(mask, out["alpha"][:, :MAX_INPUTS], 0.0)
         result["input_shape"] = jnp.where(batch["input_mask"][:, :, None], shape, 0.0)
     return result
+
+
+def input_view_directions(batch: dict) -> jax.Array:
+    """`motion.view_directions` of a batch's input cameras [B,4,3], 0 in padded slots."""
+    directions = motion.view_directions(batch["input_viewmats"], batch["input_global_pose"], batch["input_neck_pose"],
+                                        batch["input_translation"])
+    return jnp.where(batch["input_mask"][..., None], directions, 0.0)
 
 
 class GroundTruthRenderer:

@@ -7,15 +7,19 @@ puff, ...) ramps in and out. Events are drawn from a Zipf-like long-tailed distr
 most extreme ones are the rarest; frames where an event is at more than half strength carry the
 *marginal* label. The same anchors drive FlexAvatar's data-distribution adjustment (`balance.py`).
 
-All randomness comes from a `numpy.random.Generator`; the outputs are numpy arrays.
+All randomness comes from a `numpy.random.Generator`; the outputs are numpy arrays (except
+`view_directions`, a traceable label of the input cameras).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float
 
+from flexavatar_jax.head.skinning import rodrigues
 from flexavatar_jax.render import camera
 
 FPS = 25.0
@@ -193,6 +197,22 @@ def sample_cameras(rng: np.random.Generator, num: int, width: int, height: int, 
     Ks = np.stack([np.asarray(camera.intrinsics_from_fov(float(f), width, height)) for f in fov])
     return CameraSet(viewmats=viewmats.astype(np.float32), Ks=Ks.astype(np.float32), azimuth_deg=az.astype(np.float32),
                      elevation_deg=el.astype(np.float32), distance=dist.astype(np.float32))
+
+
+def view_directions(viewmats: Float[Array, "*b 4 4"], global_pose: Float[Array, "*b 3"],
+                    neck_pose: Float[Array, "*b 3"], translation: Float[Array, "*b 3"]) -> Float[Array, "*b 3"]:
+    """Where each camera stands as seen from the head: the unit vector from the head's centre to
+    the camera centre, in the head's own frame (+z = the face direction and +x the subject's left, as
+    in the template). Traceable (jnp); numpy inputs work too.
+
+    The head's centre is `HEAD_CENTER` moved by the translation, its frame the template's rotated
+    by global ∘ neck pose (about their joints in the model; the pivot offset changes the direction
+    by well under a degree at the engine's camera distances). A lifter that predicts this from the
+    pixels alone (`model.lifter.view_pose`) is trained against it (`loss.view_pose`)."""
+    rot = rodrigues(jnp.asarray(global_pose)) @ rodrigues(jnp.asarray(neck_pose))
+    offset = camera.camera_center(jnp.asarray(viewmats)) - (jnp.asarray(HEAD_CENTER) + jnp.asarray(translation))
+    local = jnp.einsum("...ji,...j->...i", rot, offset)
+    return local / jnp.maximum(jnp.linalg.norm(local, axis=-1, keepdims=True), 1e-9)
 
 
 def turntable_cameras(num_frames: int, image_size: int, radius: float = 1.0, elevation_deg: float = 5.0,

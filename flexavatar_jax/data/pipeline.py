@@ -8,7 +8,8 @@ Two layers:
   from the world seed, so cameras are unlimited); `VHAPFrames` reads on-disk VHAP sequences.
 * `ExampleSource` (a grain random-access source) turns a frame source into training examples:
   1–4 **input** views of one identity (count drawn per example; no camera or expression label
-  unless `input_annotations=True`) and T **target** views with driving parameters, camera, image
+  unless `input_annotations=True`, only `input_view_directions`, the training label of the
+  `view_pose` lifter, `motion.view_directions`) and T **target** views with driving parameters, camera, image
   and mask. With probability `reconstruction_prob` an example is in *3D reconstruction mode*: the
   targets show the inputs' own frames from other cameras; otherwise (*animation mode*) target frames
   are drawn from the identity's frames with the expression-balanced distribution (`balance.py`).
@@ -306,6 +307,9 @@ class ExampleSource:
         for f in PARAM_FIELDS:
             ex[f"target_{f}"] = np.stack([v.params[f] for v in targets])
         ex["input_images"][:n_in] = np.stack([v.image for v in inputs])
+        directions = motion.view_directions(*(np.stack(x) for x in zip(*[
+            (v.viewmat, v.params["global_pose"], v.params["neck_pose"], v.params["translation"]) for v in inputs])))
+        ex["input_view_directions"] = _padded(list(np.asarray(directions)), 0.0)
         if cfg.input_annotations:
             ex["input_viewmats"] = _padded([v.viewmat for v in inputs], np.eye(4, dtype=np.float32))
             ex["input_Ks"] = _padded([v.K for v in inputs], np.eye(3, dtype=np.float32))

@@ -168,7 +168,8 @@ class FlexAvatar:
         return InputViews(images, mask, eye, K, params)
 
     def needs_cameras(self) -> bool:
-        return self.cfg.lifter_type in NEEDS_CAMERAS
+        oracle = self.cfg.lifter_type == "queries" and self.cfg.lifter.view_pose and self.cfg.lifter.view_pose_oracle
+        return self.cfg.lifter_type in NEEDS_CAMERAS or oracle
 
     def init(self, key: Array, batch: int = 1) -> dict:
         """Boxed (logically partitioned) params; `nn.meta.unbox` gives the plain pytree.
@@ -191,12 +192,21 @@ class FlexAvatar:
                           train: bool = False) -> Avatar:
         """Batched reconstruction from padded views (training, evaluation and `reconstruct`).
         `shape_coeffs`: known shape coefficients, else the shape head's prediction, else 0."""
+        return self.reconstruct_views_aux(params, views, shape_coeffs, train)[0]
+
+    def reconstruct_views_aux(self, params: dict, views: InputViews, shape_coeffs: Float[Array, "b s"] | None = None,
+                              train: bool = False) -> tuple[Avatar, dict[str, Array]]:
+        """`reconstruct_views` and what the lifter predicts on the side: `view_directions [b,v,3]`
+        (with `model.lifter.view_pose`: where it thinks each input camera stands, in the head's
+        frame; `data.motion.view_directions`), else nothing."""
         self.check_images(views.images)
-        identity, raw, predicted = self.net.apply({"params": params}, views, train, method=FlexAvatarNet.reconstruct)
+        (identity, raw, predicted), state = self.net.apply({"params": params}, views, train,
+                                                           method=FlexAvatarNet.reconstruct, mutable=["aux"])
         if shape_coeffs is None:
             shape_coeffs = (predicted if predicted is not None
                             else jnp.zeros((raw.shape[0], self.head.num_shape), jnp.float32))
-        return Avatar(raw, identity, shape_coeffs)
+        aux = {name: values[0] for name, values in state.get("aux", {}).get("lifter", {}).items()}
+        return Avatar(raw, identity, shape_coeffs), aux
 
     def reconstruct(self, params: dict, images: Float[Array, "v h w 3"], *, viewmats=None, Ks=None,
                     tracked: HeadParams | None = None, shape_coeffs: Float[Array, " s"] | None = None) -> Avatar:

@@ -38,11 +38,13 @@ def target_params(batch: Batch) -> HeadParams:
     return HeadParams(**{f: batch[f"target_{f}"] for f in PARAM_FIELDS})
 
 
-def reconstruct_batch(system: FlexAvatar, params, batch: Batch, train: bool = False) -> tuple[Avatar, Array | None]:
-    """-> (Avatar [B] carrying the targets' tracked shape, the shape head's prediction [B,S] or None)."""
-    avatar = system.reconstruct_views(params, input_views(system, batch), train=train)
+def reconstruct_batch(system: FlexAvatar, params, batch: Batch, train: bool = False
+                      ) -> tuple[Avatar, Array | None, dict[str, Array]]:
+    """-> (Avatar [B] carrying the targets' tracked shape, the shape head's prediction [B,S] or None,
+    the lifter's side predictions (`FlexAvatar.reconstruct_views_aux`))."""
+    avatar, aux = system.reconstruct_views_aux(params, input_views(system, batch), train=train)
     predicted = avatar.shape_coeffs if system.cfg.shape_head else None
-    return Avatar(avatar.raw_maps, avatar.identity_features, batch["target_shape"][:, 0]), predicted
+    return Avatar(avatar.raw_maps, avatar.identity_features, batch["target_shape"][:, 0]), predicted, aux
 
 
 def render_target(system: FlexAvatar, raw_maps: Array, driving: HeadParams, viewmat: Array, K: Array, size: int,
@@ -67,8 +69,8 @@ def forward(system: FlexAvatar, params, batch: Batch, *, train: bool, with_posit
             with_depth: bool = False, image_size: int | None = None, scale_K: float = 1.0) -> dict:
     """Reconstruct each row and render its targets -> dict(rgb [B,T,H,W,3], alpha [B,T,H,W,1],
     positions [B,T,H,W,3] or None, depth [B,T,H,W,1] or None, maps [B,T,K,K,14], avatar,
-    predicted_shape)."""
-    avatar, predicted = reconstruct_batch(system, params, batch, train)
+    predicted_shape, view_directions [B,4,3] or None)."""
+    avatar, predicted, aux = reconstruct_batch(system, params, batch, train)
     driving = target_params(batch)
     maps = system.animated_maps(params, avatar, driving)
     size = image_size or system.image_size
@@ -76,7 +78,7 @@ def forward(system: FlexAvatar, params, batch: Batch, *, train: bool, with_posit
     one = functools.partial(render_target, system, size=size, with_positions=with_positions, with_depth=with_depth)
     rgb, alpha, positions, depth = jax.vmap(jax.vmap(one))(maps, driving, batch["target_viewmats"], Ks)
     return dict(rgb=rgb, alpha=alpha, positions=positions, depth=depth, maps=maps, avatar=avatar,
-                predicted_shape=predicted)
+                predicted_shape=predicted, view_directions=aux.get("view_directions"))
 
 
 def offset_spread(system: FlexAvatar, maps: Array) -> Array:

@@ -209,6 +209,17 @@ def deviation_regularizer(values: Float[Array, "*n"], initial: Float[Array, "*n"
 # Resolution and schedules
 
 
+def view_pose_loss(predicted: Float[Array, "b v 3"], true: Float[Array, "b v 3"],
+                   mask: Bool[Array, "b v"]) -> Float[Array, ""]:
+    """Mean of 1 − cos(predicted, true) over the real views (`mask`) of unit direction vectors:
+    0 when every predicted input-camera direction is right, 2 when every one is opposite."""
+    if predicted.shape != true.shape or predicted.shape[:2] != mask.shape:
+        raise ValueError(f"view_pose_loss: predicted {predicted.shape}, true {true.shape} and mask {mask.shape} "
+                         "must be [b, v, 3], [b, v, 3] and [b, v]")
+    cos = jnp.sum(predicted * true, axis=-1)
+    return masked_mean(1.0 - cos, mask)
+
+
 def downsample(images: Float[Array, "*batch h w c"], factor: int) -> Float[Array, "*batch h2 w2 c"]:
     """Box (area) average over `factor × factor` blocks: `[*batch, H/factor, W/factor, C]`.
 

@@ -13,6 +13,7 @@ which should not drop: refinement must not trade animation quality for the input
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -89,6 +90,9 @@ class Refiner:
 
     def __init__(self, system: FlexAvatar, config: Config | Any, perceptual=None):
         config = as_config(config)
+        # Test-time photos carry no camera label: the pose head is not refined against one.
+        config = dataclasses.replace(config, loss=dataclasses.replace(
+            config.loss, view_pose=dataclasses.replace(config.loss.view_pose, weight=0.0)))
         self.config = config
         self.tx = refine_optimizer(config.refine.lr)
         self.step = jax.jit(step_lib.make_train_step(system, config, self.tx, perceptual, detach_mouth=True))

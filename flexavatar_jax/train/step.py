@@ -89,6 +89,12 @@ def compute_losses(system: FlexAvatar, cfg: Config, params: Any, batch: Batch, s
                                                        jnp.broadcast_to(jnp.log(act.init_scale) * valid, log_scale.shape))
     if out["predicted_shape"] is not None and lc.shape.weight > 0:
         terms["shape"] = jnp.mean((out["predicted_shape"] - batch["target_shape"][:, 0]) ** 2)
+    if out["view_directions"] is not None and lc.view_pose.weight > 0:
+        if "input_view_directions" not in batch:
+            raise ValueError("loss.view_pose needs the batch's 'input_view_directions' (the input cameras' "
+                             "directions, which the data pipeline adds); set loss.view_pose.weight=0 without them")
+        terms["view_pose"] = L.view_pose_loss(out["view_directions"], batch["input_view_directions"],
+                                              batch["input_mask"])
     if lc.lowres.weight > 0:
         low = forward(system, params, batch, train=train, image_size=system.image_size // 2, scale_K=0.5)
         terms["lowres"] = L.l1(low["rgb"], L.downsample(target, 2))

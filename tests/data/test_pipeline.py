@@ -8,6 +8,7 @@ from flexavatar_jax.data import balance, ground_truth, pipeline
 from flexavatar_jax.data.make_dataset import make_dataset
 from flexavatar_jax.data.synthetic import SyntheticConfig, SyntheticWorld
 from flexavatar_jax.head import HeadParams
+from flexavatar_jax.models.batch import MODEL_INPUT_KEYS
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,10 @@ def test_inputs_carry_no_annotations_by_default(world):
     frames = pipeline.SyntheticFrames(world, num_identities=1)
     ex = pipeline.ExampleSource(frames, pipeline.ExampleConfig(examples_per_identity=1))[0]
     batch = rendered(world, [ex], annotations=False)
-    assert not any(k.startswith("input_") and k not in ("input_images", "input_mask") for k in batch)
+    # Only the pose head's training label rides along; the model reads neither it nor any camera.
+    assert not any(k.startswith("input_") and k not in ("input_images", "input_mask", "input_view_directions")
+                   for k in batch)
+    assert "input_view_directions" not in MODEL_INPUT_KEYS and batch["input_view_directions"].shape == (1, 4, 3)
 
 
 def test_spec_examples_are_small_numbers(source):

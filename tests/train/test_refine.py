@@ -47,7 +47,8 @@ def test_refiner_freezes_the_unet_and_moves_the_rest(setup):
 def test_mouth_term_is_detached_in_refinement(setup):
     cfg, system, _, row, params = setup
     c = micro_dict(batch=2)
-    for name in ("l1", "dssim", "alpha", "tv3d", "offset", "position_deviation", "scale_deviation", "shape"):
+    for name in ("l1", "dssim", "alpha", "tv3d", "offset", "position_deviation", "scale_deviation", "shape",
+                 "view_pose"):
         c.loss[name].weight = 0.0
     mouth_only = Config.from_dict(c)
     assert {n for n, term in mouth_only.loss.terms().items() if term.weight > 0} == {"mouth"}
@@ -59,3 +60,19 @@ def test_mouth_term_is_detached_in_refinement(setup):
 
     assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in grads(True))
     assert any(float(jnp.max(jnp.abs(g))) > 0.0 for g in grads(False))
+
+
+def test_refiner_runs_a_view_pose_model_without_camera_labels(setup):
+    """Photos have no camera label, so refinement leaves the view-pose term out (it would need
+    `input_view_directions`, which a refinement batch does not carry)."""
+    _, _, world, row, _ = setup
+    c = micro_dict(batch=2)
+    c.model.lifter.view_pose = True
+    c.mesh.update(data=1, fsdp=1, model=1)
+    cfg = Config.from_dict(c)
+    assert cfg.loss.view_pose.weight > 0
+    system = inference.make_system(cfg.model, cfg.head)
+    batch = refine.refinement_batch(row)
+    assert "input_view_directions" not in batch
+    refined, steps, _ = refine.Refiner(system, cfg)(inference.initial_params(system, cfg.seed), batch, steps=2)
+    assert steps == 2 and all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(refined))
