@@ -1,10 +1,11 @@
-"""Why 4 input views do not beat 1 (issue 17): `--study configs/studies/views.py:tiny|smoke`.
+"""Why 4 input views do not beat 1 (issue 17): `--study configs/studies/views.py:VARIANT` (below).
 
 The ablation study (`ablations.py:tiny`) found that 4 views beat 1 on side/back targets by only
 +0.23 dB [−0.05, +0.58] and that the Structured Head Queries attend to the input views blindly
-(0.247–0.254 of the mass per view at every angle). This study tests one model change against the
-baseline with the same training, seeds and evaluation as the ablation study (300 steps of the tiny
-model, 32 held-out identities × 4 targets, 1/2/4 views, input-shuffle control):
+(0.247–0.254 of the mass per view at every angle). Each variant of this study tests one change
+against the baseline with the same training, seeds and evaluation as the ablation study (300 steps
+of the tiny model unless said, 32 held-out identities × 4 targets, 1/2/4 views, input-shuffle
+control); the results and findings are in `experiments/results/views_<variant>/`:
 
 * view_gate — `model.lifter.view_gate=True`: each query chooses among the input views before
   every cross-attention block (`models/head_queries.py`); zero-initialised, camera-free.
