@@ -1,10 +1,10 @@
-"""Writing files so that a kill, a full disk or an error never leaves a truncated file under the
-final name: everything is written to a temporary sibling (same directory, so the rename stays on
+"""Reading `.npz` archives with one error contract (`read_npz`), and writing files so that a kill,
+a full disk or an error never leaves a truncated file under the final name: everything is written to a temporary sibling (same directory, so the rename stays on
 one file system) and renamed over the target only once complete. The previous file, if any,
 stays intact until that rename; a failed write (e.g. `OSError(ENOSPC)`) removes its temporary
 file and re-raises.
 
-Standard library only: every layer of the package uses it.
+Standard library and numpy only: every layer of the package uses it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from typing import IO
+
+import numpy as np
 
 PathLike = str | os.PathLike
 
@@ -71,4 +73,17 @@ def write_atomic(path: PathLike, data: bytes | str | Callable[[IO], None], durab
         f.write(data)
 
 
-__all__ = ["atomic_open", "replacing", "temporary_sibling", "write_atomic"]
+def read_npz(path: PathLike, name: str, kind: str) -> dict[str, np.ndarray]:
+    """Every array of the `.npz` at `path` (no pickles). FileNotFoundError "`name` not found: path"
+    when there is no such file; ValueError "path: not a readable `kind` .npz (error)" for any zip,
+    header or pickle failure. The caller checks the keys and values it needs."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{name} not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {k: archive[k] for k in archive.files}
+    except Exception as e:  # zip, header and pickle errors all mean: not a file of this kind
+        raise ValueError(f"{path}: not a readable {kind} .npz ({type(e).__name__}: {e})") from e
+
+
+__all__ = ["atomic_open", "read_npz", "replacing", "temporary_sibling", "write_atomic"]

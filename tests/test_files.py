@@ -64,3 +64,22 @@ def test_writers_keep_the_previous_file_on_a_full_disk(tmp_path, monkeypatch):
             write()
     assert {p: p.read_bytes() for p in before} == before
     assert sorted(os.listdir(tmp_path)) == ["a.gif", "a.png", "m.npz"]
+
+
+def test_read_npz_returns_the_arrays_and_names_what_is_wrong(tmp_path):
+    read_npz = files.read_npz
+    good = tmp_path / "good.npz"
+    np.savez(good, a=np.arange(3), b=np.eye(2))
+    got = read_npz(good, "motion file", "motion")
+    assert sorted(got) == ["a", "b"]
+    np.testing.assert_array_equal(got["a"], np.arange(3))
+    with pytest.raises(FileNotFoundError, match=r"avatar file not found: .*absent\.npz"):
+        read_npz(tmp_path / "absent.npz", "avatar file", "avatar")
+    corrupt = tmp_path / "corrupt.npz"
+    corrupt.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ValueError, match=r"corrupt\.npz: not a readable motion \.npz"):
+        read_npz(corrupt, "motion file", "motion")
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, obj=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(ValueError, match=r"pickled\.npz: not a readable avatar \.npz"):
+        read_npz(pickled, "avatar file", "avatar")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from flexavatar_jax.data.synthetic import SyntheticWorld
-from flexavatar_jax.files import write_atomic
+from flexavatar_jax.files import read_npz, write_atomic
 from flexavatar_jax.head import POSE_SIZE, HeadParams
 
 
@@ -96,13 +96,7 @@ def load_motion(path: str | os.PathLike, num_expression: int | None = None) -> H
             [arrays[k] for k in ("global_pose", "neck_pose", "jaw_pose", "eyes_pose")], axis=-1)
         arrays = dict(expression=expression, pose=pose, translation=arrays["translation"])
     else:
-        if not path.is_file():
-            raise FileNotFoundError(f"motion file not found: {path}")
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                contents = {k: archive[k] for k in archive.files}
-        except Exception as e:
-            raise ValueError(f"{path}: not a readable motion .npz ({type(e).__name__}: {e})") from e
+        contents = read_npz(path, "motion file", "motion")
         if "expression" in contents or "pose" in contents:
             missing = [k for k in ("expression", "pose", "translation") if k not in contents]
             if missing:

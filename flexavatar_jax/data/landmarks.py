@@ -51,7 +51,7 @@ import sys
 import numpy as np
 from jaxtyping import Float, Int
 
-from flexavatar_jax.files import write_atomic
+from flexavatar_jax.files import read_npz, write_atomic
 
 IBUG68 = "ibug68"
 NUM_IBUG68 = 68
@@ -149,13 +149,7 @@ class LandmarkEmbedding:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LandmarkEmbedding":
         path = pathlib.Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"landmark embedding not found: {path}")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                raw = {k: z[k] for k in z.files}
-        except Exception as e:
-            raise ValueError(f"{path}: not a readable landmark embedding .npz ({type(e).__name__}: {e})") from e
+        raw = read_npz(path, "landmark embedding", "landmark embedding")
         missing = [f.name for f in dataclasses.fields(cls) if f.name not in raw and f.name != "method"]
         if missing:
             raise ValueError(f"{path}: landmark embedding is missing {missing} (has {sorted(raw)})")

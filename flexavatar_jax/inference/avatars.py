@@ -31,7 +31,7 @@ from flexavatar_jax.data import eval_sets, media
 from flexavatar_jax.data import motion as motion_lib
 from flexavatar_jax.data.pipeline import PARAM_FIELDS
 from flexavatar_jax.data.synthetic import SyntheticWorld
-from flexavatar_jax.files import write_atomic
+from flexavatar_jax.files import read_npz, write_atomic
 from flexavatar_jax.head import HeadParams
 from flexavatar_jax.inference.params import model_config_differences
 from flexavatar_jax.models.avatar import Avatar, FlexAvatar
@@ -127,13 +127,7 @@ def load_avatar(path: str | os.PathLike, system: FlexAvatar | None = None) -> tu
     recorded model config equals the system's. FileNotFoundError for a missing file, ValueError
     naming the path for anything unreadable, inconsistent or incompatible."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"avatar file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            contents = {k: archive[k] for k in archive.files}
-    except Exception as e:  # zip, header and pickle errors all mean: not an avatar file
-        raise ValueError(f"{path}: not a readable avatar .npz ({type(e).__name__}: {e})") from e
+    contents = read_npz(path, "avatar file", "avatar")
     missing = [k for k in ("metadata", *AVATAR_ARRAYS.values()) if k not in contents]
     if missing:
         raise ValueError(f"{path}: not an avatar file, missing {missing} (has {sorted(contents)})")
