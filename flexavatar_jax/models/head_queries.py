@@ -96,8 +96,7 @@ class ViewGate(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, queries: Float[Array, "b s d"], summary: Float[Array, "b v d"],
-                 mask: Bool[Array, "b v"]) -> Float[Array, "b s v"]:
+    def __call__(self, queries: Float[Array, "b s d"], summary: Float[Array, "b v d"]) -> Float[Array, "b s v"]:
         width = queries.shape[-1]
         q = dense(width, ("embed", "mlp"), self.dtype, "query")(layer_norm(self.dtype, "norm_query")(queries))
         k = dense(width, ("embed", "mlp"), self.dtype, "key")(layer_norm(self.dtype, "norm_summary")(summary))
@@ -160,7 +159,7 @@ class StructuredHeadQueries(Lifter):
             if self.view_gate or self.view_pose:
                 logits = jnp.zeros((b, g * g, v), jnp.float32)
                 if self.view_gate:
-                    logits += ViewGate(self.dtype, name=f"view_gate_{i}")(queries, summary, views.mask)
+                    logits += ViewGate(self.dtype, name=f"view_gate_{i}")(queries, summary)
                 if self.view_pose:
                     sharpness = self.param(f"view_pose_sharpness_{i}", nn.with_logical_partitioning(
                         nn.initializers.constant(VIEW_POSE_SHARPNESS), ()), ())

@@ -20,7 +20,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from flexavatar_jax.models.avatar import FlexAvatar, FlexAvatarNet
-from flexavatar_jax.models.head_queries import template_points
+from flexavatar_jax.models.head_queries import query_directions, template_points
 from flexavatar_jax.models.views import InputViews
 
 
@@ -55,13 +55,11 @@ def view_attention(system: FlexAvatar, params: dict, views: InputViews) -> Float
 
 def query_azimuths(system: FlexAvatar) -> tuple[np.ndarray, np.ndarray]:
     """(azimuth in degrees of each query's template point about the vertical axis through the
-    template's centre, 0 = facing +z; valid mask) for the G·G queries."""
-    points, valid = template_points(system.head, system.cfg.grid)
-    points = points.reshape(-1, 3)
-    valid = valid.reshape(-1)
-    centre = points[valid].mean(axis=0)
-    rel = points - centre
-    return np.rad2deg(np.arctan2(rel[:, 0], rel[:, 2])), valid
+    template's centre, 0 = facing +z (and for queries off the UV charts); valid mask) for the G·G
+    queries."""
+    directions = query_directions(system.head, system.cfg.grid)  # unit (p − centre), 0 off the charts
+    valid = np.asarray(template_points(system.head, system.cfg.grid)[1]).reshape(-1)
+    return np.rad2deg(np.arctan2(directions[:, 0], directions[:, 2])), valid
 
 
 def mass_by_angle(mass: np.ndarray, query_az: np.ndarray, query_valid: np.ndarray, view_az: np.ndarray,
