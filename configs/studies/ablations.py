@@ -9,6 +9,11 @@ identity (FlexAvatar's refinement: PSNR before/after).
 
 * tiny  — this repository's CPU study (tiny model, 24 identities, 300 steps, 32 held-out identities;
           16 points of ~6–8 minutes on 2 cores: about two hours).
+* scale — the tiny model trained the way the views study found it must be for 4 input views to beat
+          1 (`configs/studies/views.py:scale` and `:confirm`): 1,024 training identities, 1,200
+          steps, 2 seeds, 128 held-out identities × 4 targets. 16 points of ~25 minutes on 2 CPU
+          cores (about 7 hours: run it over several sessions, `sweep run` resumes) or minutes each
+          on a GPU.
 * base  — a GPU cluster (base model, 1,000 identities).
 * smoke — the test: a micro model, two variants, a few steps.
 """
@@ -17,7 +22,7 @@ import ml_collections
 
 from flexavatar_jax.configs.studies.identity_scaling import MICRO, overrides
 
-VARIANTS = ("tiny", "base", "smoke")
+VARIANTS = ("tiny", "scale", "base", "smoke")
 
 ALL_VARIANTS = (
     ("baseline", ()),
@@ -79,6 +84,10 @@ VIEWS = {"eval.views": (1, 2, 4)}
 TINY_EVALUATION = {**VIEWS, "data.num_heldout": 32, "eval.num_identities": 32, "eval.num_targets": 4,
                    "data.memoize_examples": 0, "train.eval_every": 0, "train.image_every": 0,
                    "eval.turntable_frames": 0}
+# The views study's finding (experiments/results/views_scale, views_confirm): 4 views beat 1 only
+# once the model cannot memorise its training people (1,024 identities) and has fit them (1,200
+# steps); 128 held-out identities resolve the per-identity spread of that difference.
+SCALE_DATA = {"data.num_identities": 1024, "data.num_heldout": 128, "eval.num_identities": 128}
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
@@ -96,6 +105,13 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.refine_variants = ("baseline",)
         c.refine_identities = 16
         c.overrides = overrides(TINY_EVALUATION)
+    elif arg == "scale":
+        c.base_config = "configs/flexavatar.py:tiny"
+        c.seeds = (0, 1)
+        c.steps = 1200
+        c.refine_variants = ("baseline",)
+        c.refine_identities = 16
+        c.overrides = overrides({**TINY_EVALUATION, **SCALE_DATA})
     elif arg == "base":
         c.base_config = "configs/flexavatar.py:base"
         c.seeds = (0, 1, 2)
