@@ -98,20 +98,13 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.compute = "fixed_steps"
     c.variants = ALL_VARIANTS
     c.claims = CLAIMS
-    if arg == "tiny":
+    if arg in ("tiny", "scale"):
         c.base_config = "configs/flexavatar.py:tiny"
         c.seeds = (0, 1)
-        c.steps = 300
+        c.steps = 300 if arg == "tiny" else 1200
         c.refine_variants = ("baseline",)
         c.refine_identities = 16
-        c.overrides = overrides(TINY_EVALUATION)
-    elif arg == "scale":
-        c.base_config = "configs/flexavatar.py:tiny"
-        c.seeds = (0, 1)
-        c.steps = 1200
-        c.refine_variants = ("baseline",)
-        c.refine_identities = 16
-        c.overrides = overrides({**TINY_EVALUATION, **SCALE_DATA})
+        c.overrides = overrides(TINY_EVALUATION if arg == "tiny" else {**TINY_EVALUATION, **SCALE_DATA})
     elif arg == "base":
         c.base_config = "configs/flexavatar.py:base"
         c.seeds = (0, 1, 2)

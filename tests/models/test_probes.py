@@ -56,7 +56,7 @@ def test_mass_by_angle_against_a_direct_count():
     v_az, v_mask = rng.uniform(-180, 180, (b, v)), np.array([[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 0]], bool)
     bins = np.array([0.0, 90.0, 180.001])
     out = probes.mass_by_angle(mass, q_az, q_valid, v_az, v_mask, bins)
-    near, far, n_near, n_far, share_near = [], [], 0, 0, []
+    near, far, share_near = [], [], []
     for i in range(b):
         for j in range(q):
             for k in range(v):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from flexavatar_jax import cli
+from flexavatar_jax.configs.studies import ablations as ablations_config, views as views_config
 from flexavatar_jax.studies import ablation, load_study, points, runner, spec
 from flexavatar_jax.train.evaluate import EVALUATOR_VERSION
 
@@ -46,6 +47,31 @@ def test_tiny_ablation_plan_has_every_variant_and_seed():
     assert len({p.steps for p in pts}) == 1
     config = spec.point_config(study, next(p for p in pts if p.variant == "no_unet"), "/r")
     assert config.model.unet.enabled is False and tuple(config.eval.views) == (1, 2, 4)
+
+
+def test_scale_ablation_trains_every_variant_on_the_views_recipe():
+    """`ablations.py:scale` is the tiny study with the training the views confirmation found 4 input
+    views need (1,024 identities, 1,200 steps) and the 128 held-out identities that resolve it."""
+    tiny, scale = load_study("configs/studies/ablations.py:tiny"), load_study("configs/studies/ablations.py:scale")
+    assert scale.variants == tiny.variants and scale.claims == tiny.claims
+    pts = points(scale)
+    assert {p.steps for p in pts} == {1200} and len(pts) == 2 * len(scale.variants)
+    for p in pts:
+        config = spec.point_config(scale, p, "/r")
+        assert (config.data.num_identities, config.data.num_heldout, config.eval.num_identities) == (1024, 128, 128)
+        assert tuple(config.eval.views) == (1, 2, 4) and config.eval.shuffle_control
+    tiny_config = spec.point_config(tiny, points(tiny)[0], "/r")
+    assert (tiny_config.data.num_identities, tiny_config.eval.num_identities) == (24, 32)
+
+
+@pytest.mark.parametrize("study", [f"configs/studies/{m.__name__.rsplit('.', 1)[1]}.py:{v}"
+                                   for m in (ablations_config, views_config) for v in m.VARIANTS])
+def test_every_study_variant_resolves_its_point_configs(study):
+    """Each point's overrides name real config fields with values of the right type (the strict
+    `Config.from_dict` raises otherwise): a typo in a study would only surface when its point runs."""
+    s = load_study(study)
+    for p in points(s):
+        spec.point_config(s, p, "/r")
 
 
 @pytest.mark.slow  # the runner itself is covered end to end by tests/studies/test_sweep.py
