@@ -1,8 +1,8 @@
 """Reading `.npz` archives with one error contract (`read_npz`), and writing files so that a kill,
-a full disk or an error never leaves a truncated file under the final name: everything is written to a temporary sibling (same directory, so the rename stays on
-one file system) and renamed over the target only once complete. The previous file, if any,
-stays intact until that rename; a failed write (e.g. `OSError(ENOSPC)`) removes its temporary
-file and re-raises.
+a full disk or an error never leaves a truncated file under the final name: everything is written
+to a temporary sibling (same directory, so the rename stays on one file system) and renamed over
+the target only once complete. The previous file, if any, stays intact until that rename; a failed
+write (e.g. `OSError(ENOSPC)`) removes its temporary file and re-raises.
 
 Standard library and numpy only: every layer of the package uses it.
 """

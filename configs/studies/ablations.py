@@ -87,7 +87,8 @@ TINY_EVALUATION = {**VIEWS, "data.num_heldout": 32, "eval.num_identities": 32, "
 # The views study's finding (experiments/results/views_scale, views_confirm): 4 views beat 1 only
 # once the model cannot memorise its training people (1,024 identities) and has fit them (1,200
 # steps); 128 held-out identities resolve the per-identity spread of that difference.
-SCALE_DATA = {"data.num_identities": 1024, "data.num_heldout": 128, "eval.num_identities": 128}
+SCALE_EVALUATION = {"data.num_heldout": 128, "eval.num_identities": 128}
+SCALE_DATA = {"data.num_identities": 1024, **SCALE_EVALUATION}
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:

@@ -55,7 +55,7 @@ control); the results and findings are in `experiments/results/views_<variant>/`
 
 import ml_collections
 
-from flexavatar_jax.configs.studies.ablations import TINY_EVALUATION, VIEWS, _views
+from flexavatar_jax.configs.studies.ablations import SCALE_EVALUATION, TINY_EVALUATION, VIEWS, _views
 from flexavatar_jax.configs.studies.identity_scaling import MICRO, overrides
 
 VARIANTS = ("tiny", "long", "identities", "inputs", "pose", "oracle", "capacity", "scale", "confirm", "smoke")
@@ -160,7 +160,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     if arg == "confirm":  # `scale` with fresh seeds and 4x the held-out identities (see the docstring)
         c.seeds = (2, 3, 4, 5)
         c.steps = 1200
-        c.overrides = overrides({**TINY_EVALUATION, "data.num_heldout": 128, "eval.num_identities": 128})
+        c.overrides = overrides({**TINY_EVALUATION, **SCALE_EVALUATION})
     elif arg in ("tiny", "long", "identities", "inputs", "pose", "oracle", "capacity", "scale"):  # the ablation study's training and evaluation
         c.seeds = (0, 1)
         c.steps = 1200 if arg in ("long", "scale") else 300
