@@ -41,7 +41,7 @@ from flexavatar_jax.head import uv as uvt
 from flexavatar_jax.head.procedural import load_procedural_arrays, load_procedural_head
 from flexavatar_jax.head.rotations import matrix_to_quat
 from flexavatar_jax.render import rasterize
-from flexavatar_jax.render.common import RasterOptions
+from flexavatar_jax.render.common import GSPLAT_TILE_SIZE
 
 HELDOUT_OFFSET = 1_000_000
 BACKGROUNDS = ("white", "black", "random")
@@ -78,7 +78,7 @@ class SyntheticConfig:
         for field in ("uv_resolution", "image_size", "frames_per_clip", "clips_per_identity"):
             if getattr(self, field) < 1:
                 raise ValueError(f"SyntheticConfig.{field} must be >= 1, got {getattr(self, field)}")
-        tile = RasterOptions().tile_size
+        tile = GSPLAT_TILE_SIZE  # a multiple of every platform's default tile
         if self.image_size % tile:
             raise ValueError(f"SyntheticConfig.image_size={self.image_size} is not a multiple of the renderer's "
                              f"{tile}-pixel tile (use e.g. {max(tile, self.image_size // tile * tile)})")

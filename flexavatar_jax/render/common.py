@@ -31,6 +31,15 @@ DEFAULT_MAX_GAUSSIANS_PER_TILE = None
 DEFAULT_INTERSECTIONS_PER_GAUSSIAN = 16
 _MIN_INTERSECTIONS = 1 << 16
 
+# Default tile edge (RasterOptions.tile_size=None), by platform: gsplat's 16 on accelerators (the
+# CUDA kernel's and, for the pure-JAX lockstep compositor, one group of every tile), 8 on CPU. A
+# CPU composites tile by tile, and smaller tiles stop sooner where the head saturates them and
+# carry fewer of the silhouette's long, never-saturating lists (experiments/bench_render.py and
+# bench_data.py: ground truth 1.5-1.6x and a tiny train step ~1.8x faster than with 16; 4 ran
+# like 8). 16 is a multiple of every default, so an image that tiles at 16 tiles everywhere.
+GSPLAT_TILE_SIZE = 16
+_PLATFORM_TILE_SIZES = {"cpu": 8}
+
 RENDER_MODES = ("RGB", "D", "RGB+D")
 BACKENDS = ("auto", "jax", "cuda")
 COMPOSITORS = ("lockstep", "sequential")
@@ -68,7 +77,8 @@ class RasterOptions:
     near_plane, far_plane: camera-z culling range (world units); Gaussians with z ≤ near_plane or
       z ≥ far_plane are culled.
     eps2d: pixel² added to the 2D covariance (gsplat's low-pass filter).
-    tile_size: tile edge in pixels.
+    tile_size: tile edge in pixels; None (default): `default_tile_size()`, 8 on CPU and gsplat's 16
+      elsewhere (same images either way, up to float32 rounding).
     render_mode: "RGB" (colours), "D" (expected depth, i.e. Σ zᵢαᵢTᵢ / alpha, 0 where alpha = 0 —
       gsplat's "ED"), or "RGB+D" (depth appended last).
     backend: "jax" (pure JAX), "cuda" (kernels/splat via XLA FFI, float32, tile_size 8 or 16;
@@ -85,8 +95,8 @@ class RasterOptions:
       masked once it is exhausted or saturated; groups are formed from tiles of similar list
       length) or "sequential" (one tile after another, each stopping as soon as its pixels
       saturate; the reference formulation). The CUDA backend ignores it.
-    lockstep_tiles: tiles per lockstep group; None: 8 on CPU (fastest measured there:
-      `experiments/bench_render.py`), else as many as keep a step's working set (tiles × tile
+    lockstep_tiles: tiles per lockstep group; None: 2048 pixels' worth on CPU (8 tiles of 16²,
+      32 of 8²; fastest measured there: `experiments/bench_render.py`), else as many as keep a step's working set (tiles × tile
       pixels × chunk) within 2**24 elements, i.e. every tile of a ≤ 1024² render at once on an
       accelerator without the CUDA kernel (e.g. TPU).
     Every value is checked on construction (ValueError naming the option). The numbers are
@@ -96,7 +106,7 @@ class RasterOptions:
     near_plane: float = 0.01
     far_plane: float = 1e10
     eps2d: float = 0.3
-    tile_size: int = 16
+    tile_size: int | None = None
     render_mode: str = "RGB"
     backend: str = "auto"
     max_gaussians_per_tile: int | None = DEFAULT_MAX_GAUSSIANS_PER_TILE
@@ -114,8 +124,7 @@ class RasterOptions:
         checked = {name: _check_number(name, getattr(self, name)) for name in ("near_plane", "far_plane", "eps2d")}
         if not checked["near_plane"] < checked["far_plane"]:
             raise ValueError(f"rasterize: need near_plane < far_plane, got {self.near_plane} and {self.far_plane}")
-        checked["tile_size"] = _check_positive_int("tile_size", self.tile_size)
-        for name in ("max_gaussians_per_tile", "max_intersections", "lockstep_tiles"):
+        for name in ("tile_size", "max_gaussians_per_tile", "max_intersections", "lockstep_tiles"):
             if getattr(self, name) is not None:
                 checked[name] = _check_positive_int(name, getattr(self, name))
         for name, value in checked.items():  # plain Python numbers: hashable, and equal options hash equal
@@ -130,9 +139,11 @@ class RasterOptions:
         return dataclasses.replace(self, **overrides) if overrides else self
 
     def resolved(self, num_views: int, num_gaussians: int) -> RasterOptions:
-        """A copy with both capacities as ints: no per-tile cap means max(N, 1) (an empty scene
-        renders one culled stand-in), and the default buffer is V · max(16·N, 65536)."""
+        """A copy with the tile size and both capacities as ints: the platform's default tile
+        (`default_tile_size`), no per-tile cap means max(N, 1) (an empty scene renders one culled
+        stand-in), and the default buffer is V · max(16·N, 65536)."""
         return self.replace(
+            tile_size=default_tile_size() if self.tile_size is None else self.tile_size,
             max_gaussians_per_tile=(
                 max(num_gaussians, 1) if self.max_gaussians_per_tile is None else self.max_gaussians_per_tile
             ),
@@ -149,6 +160,12 @@ class RasterOptions:
     @property
     def render_depth(self) -> bool:
         return self.render_mode in ("D", "RGB+D")
+
+
+def default_tile_size(platform: str | None = None) -> int:
+    """The tile edge `rasterize` uses when `RasterOptions.tile_size` is None, on `platform`
+    (default: JAX's default backend): 8 on CPU, 16 elsewhere (see GSPLAT_TILE_SIZE)."""
+    return _PLATFORM_TILE_SIZES.get(platform or jax.default_backend(), GSPLAT_TILE_SIZE)
 
 
 class RasterDiagnostics(NamedTuple):

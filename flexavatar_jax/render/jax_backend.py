@@ -71,11 +71,12 @@ _CHUNK = 64
 # Lockstep compositing on accelerators: at most this many (tile, pixel, chunk slot) elements per
 # step, i.e. per [tiles_in_group, tile_pixels, chunk] intermediate (2**24 float32 = 64 MiB): all
 # 1024 tiles of a 512² render with 16² tiles and chunk 64 form one group. On CPU groups of
-# _CPU_LOCKSTEP_TILES: fewer, larger loop bodies than one tile at a time, little work wasted on
-# tiles that finished early (bench_render: 80K Gaussians at 256², forward 222 -> 127 ms,
-# fwd+bwd 611 -> 323 ms against "sequential"; 4 and 16 tiles were close, all 256 slower).
+# _CPU_LOCKSTEP_PIXELS pixels: fewer, larger loop bodies than one tile at a time, little work
+# wasted on tiles that finished early (bench_render, 16² tiles: 80K Gaussians at 256², forward
+# 222 -> 127 ms, fwd+bwd 611 -> 323 ms against "sequential" with 8 tiles; 4 and 16 were close,
+# all 256 slower; with 8² tiles 16 and 32 ran alike, 64 slower).
 _LOCKSTEP_ELEMENTS = 2**24
-_CPU_LOCKSTEP_TILES = 8
+_CPU_LOCKSTEP_PIXELS = 2048
 # Intersection sort: at most this many prefix lengths of the buffer (each halving the previous),
 # none shorter than _MIN_SORT_LENGTH.
 _SORT_LENGTHS = 5
@@ -256,12 +257,13 @@ class _TileSetup(NamedTuple):
 
 
 def _lockstep_group_size(num_tiles: int, tile_pixels: int, chunk: int, requested: int | None, platform: str) -> int:
-    """Tiles per lockstep group: `requested` (RasterOptions.lockstep_tiles), else _CPU_LOCKSTEP_TILES
-    on CPU and elsewhere as many as keep G · tile_pixels · chunk ≤ _LOCKSTEP_ELEMENTS; at least
-    1, never more than there are tiles."""
+    """Tiles per lockstep group: `requested` (RasterOptions.lockstep_tiles), else on CPU as many
+    as cover _CPU_LOCKSTEP_PIXELS pixels and elsewhere as many as keep G · tile_pixels · chunk ≤
+    _LOCKSTEP_ELEMENTS; at least 1, never more than there are tiles."""
     if requested is None:
         budget = max(1, _LOCKSTEP_ELEMENTS // max(1, tile_pixels * chunk))
-        requested = min(_CPU_LOCKSTEP_TILES, budget) if platform == "cpu" else budget
+        cpu = max(1, _CPU_LOCKSTEP_PIXELS // max(1, tile_pixels))
+        requested = min(cpu, budget) if platform == "cpu" else budget
     return max(1, min(num_tiles, requested))
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from flexavatar_jax.render import RasterOptions, jax_backend, rasterize
+from flexavatar_jax.render.common import default_tile_size
 from flexavatar_jax.render.jax_backend import (
     _composite,
     _composite_forward,
@@ -131,8 +132,11 @@ def test_group_size_by_platform_and_request():
     # Accelerators: all 256 tiles of a 256² render in one group; at most 2**24 elements per step.
     assert _lockstep_group_size(256, 16 * 16, 64, None, "gpu") == 256
     assert _lockstep_group_size(4096, 16 * 16, 64, None, "tpu") == 2**24 // (16 * 16 * 64) == 1024
-    # CPU: small groups; a request wins; never more than the tiles, never fewer than one.
-    assert _lockstep_group_size(256, 16 * 16, 64, None, "cpu") == jax_backend._CPU_LOCKSTEP_TILES
+    # CPU: small groups of a fixed pixel count (8 tiles of 16², 32 of 8²); a request wins; never
+    # more than the tiles, never fewer than one.
+    assert _lockstep_group_size(256, 16 * 16, 64, None, "cpu") == jax_backend._CPU_LOCKSTEP_PIXELS // 256 == 8
+    assert _lockstep_group_size(1024, 8 * 8, 64, None, "cpu") == 32
+    assert _lockstep_group_size(1024, 64 * 64, 64, None, "cpu") == 1
     assert _lockstep_group_size(256, 16 * 16, 64, 5, "gpu") == 5
     assert _lockstep_group_size(3, 16 * 16, 64, None, "cpu") == 3
     assert _lockstep_group_size(3, 16 * 16, 64, 100, "cpu") == 3
@@ -191,6 +195,19 @@ def test_lockstep_gradients_match_sequential_and_the_reference():
     assert np.any(ref_alphas > 1 - 1.1e-3)  # early termination is exercised
 
 
+def test_platform_default_tile_gives_gsplat_tile_images_and_gradients():
+    """The default tile (8 on CPU) only regroups the work: images and gradients are those of
+    gsplat's 16-pixel tiles (40×32 is ragged at 16, so partial tiles are exercised too)."""
+    scene = _gradient_scene(21)
+    assert RasterOptions().resolved(2, 150).tile_size != 16 or jax.default_backend() != "cpu"
+    grads, (images, alphas) = _loss_and_grads(scene, "lockstep")
+    grads16, (images16, alphas16) = _loss_and_grads(scene, "lockstep", tile_size=16)
+    assert_gradients_close(grads, grads16)
+    # float32 rounding of regrouped sums; the last channel is depth (~2.5 world units)
+    np.testing.assert_allclose(images, images16, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(alphas, alphas16, rtol=1e-6, atol=1e-6)
+
+
 def test_lockstep_with_several_groups_through_rasterize():
     """lockstep_tiles=5 splits the 12 tiles into groups of 5 (the last padded with dummy tiles):
     images and gradients are those of a single group of 12."""
@@ -232,3 +249,14 @@ def test_compositor_options_are_checked():
     with pytest.raises(ValueError, match="lockstep_tiles"):
         RasterOptions(lockstep_tiles=0)
     assert RasterOptions().compositor == "lockstep" and RasterOptions().lockstep_tiles is None
+
+
+def test_default_tile_size_by_platform():
+    # None resolves to the platform's tile: 8 on CPU, gsplat's 16 on accelerators; an explicit
+    # size is kept, and a bad one is refused by name.
+    assert RasterOptions().tile_size is None
+    assert default_tile_size("cpu") == 8 and default_tile_size("gpu") == default_tile_size("tpu") == 16
+    assert RasterOptions().resolved(1, 10).tile_size == default_tile_size()
+    assert RasterOptions(tile_size=16).resolved(1, 10).tile_size == 16
+    with pytest.raises(ValueError, match="tile_size"):
+        RasterOptions(tile_size=0)

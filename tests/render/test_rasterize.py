@@ -19,6 +19,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from flexavatar_jax.render import MAX_ALPHA, RasterDiagnostics, RasterOptions, TileOverflowWarning, camera, rasterize
+from flexavatar_jax.render.common import default_tile_size
 
 # --------------------------------------------------------------------------------------------
 # Dense float64 reference
@@ -437,21 +438,25 @@ def test_jit_vmap_grad_compose():
 # --------------------------------------------------------------------------------------------
 
 
-def test_diagnostics_are_consistent():
+@pytest.mark.parametrize("tile", [None, 8, 16])  # None: the platform default (8 on CPU)
+def test_diagnostics_are_consistent(tile):
     scene = random_scene(11, *STANDARD)
-    width, height, tile = 40, 32, 16
+    width, height = 40, 32
     with warnings.catch_warnings():
         warnings.simplefilter("error", TileOverflowWarning)  # no overflow, no warning
-        _, _, diag = call(with_diagnostics, scene, backgrounds=standard_backgrounds())
+        _, _, diag = call(with_diagnostics, scene, backgrounds=standard_backgrounds(), tile_size=tile)
+    tile = tile or default_tile_size()
+    nx, ny = -(-width // tile), -(-height // tile)
+    assert diag.tile_counts.shape == (2, ny, nx)
     assert int(np.sum(diag.overflow)) == 0
     radii, means2d = np.asarray(diag.radii), np.asarray(diag.means2d)
     # Brute-force tile counts from the reported boxes.
-    counts = np.zeros((2, 2, 3), int)
+    counts = np.zeros((2, ny, nx), int)
     for v in range(2):
         for g in np.nonzero(np.asarray(diag.valid[v]))[0]:
             (mx, my), (rx, ry) = means2d[v, g], radii[v, g]
-            x0, x1 = max(int(np.floor((mx - rx) / tile)), 0), min(int(np.ceil((mx + rx) / tile)), 3)
-            y0, y1 = max(int(np.floor((my - ry) / tile)), 0), min(int(np.ceil((my + ry) / tile)), 2)
+            x0, x1 = max(int(np.floor((mx - rx) / tile)), 0), min(int(np.ceil((mx + rx) / tile)), nx)
+            y0, y1 = max(int(np.floor((my - ry) / tile)), 0), min(int(np.ceil((my + ry) / tile)), ny)
             counts[v, y0:y1, x0:x1] += 1
             assert diag.tiles_per_gaussian[v, g] == max(x1 - x0, 0) * max(y1 - y0, 0)
     np.testing.assert_array_equal(diag.tile_counts, counts)
@@ -459,8 +464,8 @@ def test_diagnostics_are_consistent():
     # Each tile's run in flatten_ids lists its Gaussians front to back.
     depths, ids, offsets = np.asarray(diag.depths), np.asarray(diag.flatten_ids), np.asarray(diag.tile_offsets)
     for v in range(2):
-        for ty in range(2):
-            for tx in range(3):
+        for ty in range(ny):
+            for tx in range(nx):
                 run = ids[offsets[v, ty, tx]: offsets[v, ty, tx] + counts[v, ty, tx]]
                 assert np.all(np.diff(depths[v, run]) >= 0)
     # Projection agrees with the reference projection.
@@ -502,9 +507,9 @@ def test_intersection_buffer_overflow_is_counted_and_warned():
 def test_capacity_keeps_the_nearest_gaussians(compositor):
     """With capacity k, a tile renders exactly like its k nearest Gaussians alone."""
     scene = random_scene(13, 40, 1, 3, width=16, height=16)
-    with pytest.warns(TileOverflowWarning):
+    with pytest.warns(TileOverflowWarning):  # one 16² tile: the whole image
         images, _, diag = call(with_diagnostics, scene, width=16, height=16, max_gaussians_per_tile=10,
-                               compositor=compositor)
+                               compositor=compositor, tile_size=16)
     assert int(diag.tile_counts[0, 0, 0]) > 10
     kept = np.asarray(diag.flatten_ids[:10])
     subset = {k: (v[kept] if k not in ("viewmats", "Ks") else v) for k, v in scene.items()}
@@ -624,8 +629,9 @@ def test_return_diagnostics_adds_the_diagnostics_and_nothing_else():
     np.testing.assert_array_equal(images, plain[0])
     np.testing.assert_array_equal(alphas, plain[1])
     # Keyword overrides apply over `options`: here they restore the defaults exactly.
-    overridden = call(rasterize, scene, backgrounds=bg, options=RasterOptions(render_mode="D", tile_size=8),
-                      render_mode="RGB", tile_size=16)
+    other_tile = 16 if default_tile_size() != 16 else 8
+    overridden = call(rasterize, scene, backgrounds=bg, options=RasterOptions(render_mode="D", tile_size=other_tile),
+                      render_mode="RGB", tile_size=None)
     np.testing.assert_array_equal(overridden[0], plain[0])
 
 
@@ -659,6 +665,6 @@ def test_default_capacity_never_drops_a_dense_head_in_a_small_image():
     view = np.asarray(camera.look_at(np.array([0.0, 0.0, 0.5]), np.zeros(3)))[None]
     K = np.asarray(camera.intrinsics_from_fov(30.0, 64, 64))[None]
     _, _, diag = rasterize(means, quats, scales, np.full(n, 0.9, np.float32), np.ones((n, 3), np.float32), view, K,
-                           64, 64, return_diagnostics=True)
+                           64, 64, return_diagnostics=True, tile_size=16)
     assert int(np.max(diag.tile_counts)) > 4096
     assert int(np.sum(diag.overflow)) == 0
