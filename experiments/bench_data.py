@@ -16,6 +16,9 @@ default example of 1–4 inputs + 4 targets):
 * `host_examples_per_s` — the engine before this change (numpy identities, one render call per
   view from the loader), run from `--reference_checkout` (a checkout of commit 4be4cb3, e.g.
   `git worktree add /tmp/ref 4be4cb3`) in a subprocess of this run, with the same settings;
+* `device_gsplat_tile` — the same engine with the renderer's tile forced to gsplat's 16 pixels
+  (where the platform default differs: 8 on CPU), measured right after `device`, and
+  `default_tile_over_gsplat_tile`, the ratio of the two;
 * `tiny` — for `configs/flexavatar.py:tiny`: seconds per train step with the batch already on the
   device, seconds to make a batch (loader + device render), and the data share of a step.
 
@@ -106,7 +109,10 @@ def device_pipeline(world) -> dict:
         views += b["input_images"].shape[0] * (b["input_images"].shape[1] + b["target_images"].shape[1])
     dt = time.perf_counter() - t0
     n = FLAGS.batches * FLAGS.batch_size
-    return {"examples_per_s": n / dt, "views_per_s": views / dt, "warmup_s": warm, "gaussians": world.num_gaussians}
+    from flexavatar_jax.render.common import default_tile_size
+
+    return {"examples_per_s": n / dt, "views_per_s": views / dt, "warmup_s": warm, "gaussians": world.num_gaussians,
+            "tile_size": default_tile_size()}
 
 
 _REFERENCE = textwrap.dedent("""
@@ -186,6 +192,17 @@ def main(argv):
     device = device_pipeline(world)
     result["device_examples_per_s"] = device["examples_per_s"]
     result["device"] = device
+    from flexavatar_jax.render import common
+
+    if common.default_tile_size() != common.GSPLAT_TILE_SIZE:
+        platform_tiles = dict(common._PLATFORM_TILE_SIZES)
+        common._PLATFORM_TILE_SIZES.clear()  # every platform on gsplat's tile, for this measurement only
+        try:
+            gsplat_tile = device_pipeline(world)
+        finally:
+            common._PLATFORM_TILE_SIZES.update(platform_tiles)
+        result["device_gsplat_tile"] = gsplat_tile
+        result["default_tile_over_gsplat_tile"] = device["examples_per_s"] / gsplat_tile["examples_per_s"]
     reference = reference_pipeline()
     if reference is not None:
         result["host_examples_per_s"] = reference["examples_per_s"]

@@ -11,11 +11,12 @@ Scenes: N Gaussians on a head-sized ellipsoid shell (semi-axes 8 × 11 × 9.5 cm
 from 0.6 m with a field of view that frames the head, scales matched to the Gaussian spacing,
 so per-tile load is what an avatar produces (densest at the silhouette).
 
-The tiled render is timed once per compositor formulation (`--compositors`, default
-lockstep,sequential: `RasterOptions.compositor`), each with its stage split of the forward:
-projection, tile binning + sort, and the rest (compositing, packing, image assembly; the full
-forward minus the two), plus the projection's forward+backward; the table gives the
-sequential/lockstep time ratios.
+The tiled render is timed once per variant (`--compositors`, default
+lockstep,lockstep@16,sequential: `RasterOptions.compositor`, with `@T` a tile size, else the
+platform's default tile, 8 on CPU), each with its stage split of the forward: projection, tile
+binning + sort, and the rest (compositing, packing, image assembly; the full forward minus the
+two), plus the projection's forward+backward; the table gives each variant's time over the
+first's.
 
 The dense baseline composites every pixel against every Gaussian (same projection, same
 compositing rules), chunked over pixels under `jax.checkpoint` so it fits in memory. It is
@@ -88,8 +89,9 @@ flags.DEFINE_integer("check_max_gaussians", 300_000,
 flags.DEFINE_float("child_timeout_s", 1800.0, "gpu suite: per-process time limit")
 flags.DEFINE_string("child", None, "internal: measure this one scene in this process (set by the parent)")
 flags.DEFINE_string("impl", "tiled", "internal: the implementation the --child process measures")
-flags.DEFINE_string("compositors", "lockstep,sequential",
-                    "cpu suite: the pure-JAX compositor formulations to time (RasterOptions.compositor)")
+flags.DEFINE_string("compositors", "lockstep,lockstep@16,sequential",
+                    "cpu suite: the pure-JAX variants to time: RasterOptions.compositor, optionally @tile_size "
+                    "(default: the platform's tile)")
 flags.DEFINE_string("compositor", "lockstep", "internal: the compositor a tiled --child process measures")
 
 
@@ -204,7 +206,7 @@ def _compile_and_time(render, arrays, repeats, warmup, result, memory_key, memor
     return compiled["fwd"]
 
 
-def stage_times(arrays, size: int, repeats: int) -> dict:
+def stage_times(arrays, size: int, repeats: int, tile_size: int | None = None) -> dict:
     """Forward time of the pure-JAX stages at this scene, each compiled on its own: projection
     (also forward+backward), tile binning + sort, and the rest of a full render (packing,
     compositing, image assembly) as full minus the two, so the three add up to the full forward."""
@@ -216,12 +218,12 @@ def stage_times(arrays, size: int, repeats: int) -> dict:
     from flexavatar_jax.render.projection import project_gaussians
 
     means, quats, scales, opacities, colors, viewmats, Ks = arrays
-    options = RasterOptions().resolved(viewmats.shape[0], means.shape[0])
-    project = jax.jit(lambda *a: project_gaussians(*a, size, size))
+    options = RasterOptions(tile_size=tile_size).resolved(viewmats.shape[0], means.shape[0])
+    project = jax.jit(lambda *a: project_gaussians(*a, size, size, tile_size=options.tile_size))
     proj_args = (means, quats, scales, opacities, viewmats, Ks)
 
     def project_loss(*a):
-        p = project_gaussians(*a, size, size)
+        p = project_gaussians(*a, size, size, tile_size=options.tile_size)
         return jnp.sum(p.means2d ** 2) + jnp.sum(p.conics) + jnp.sum(p.depths)
 
     project_grad = jax.jit(jax.value_and_grad(project_loss, argnums=(0, 1, 2, 3)))
@@ -249,10 +251,16 @@ def run_child(scene_name: str, impl: str, backend: str, repeats: int, warmup: bo
     num_gaussians, size = SCENES[scene_name]
     arrays = tuple(jnp.asarray(x) for x in head_scene(num_gaussians, size))
     result = {"scene": scene_name, "impl": impl, "num_gaussians": num_gaussians, "size": size}
+    compositor, _, tile = compositor.partition("@")
+    tile_size = int(tile) if tile else None
     if impl == "tiled":
+        from flexavatar_jax.render.common import RasterOptions
+
         result["compositor"] = compositor
-        render = lambda *a: rasterize(*a, size, size, backend=backend, compositor=compositor)  # noqa: E731
-        _, _, diag = rasterize(*arrays, size, size, backend=backend, compositor=compositor, return_diagnostics=True)
+        result["tile_size"] = RasterOptions(tile_size=tile_size).resolved(1, 1).tile_size
+        options = dict(backend=backend, compositor=compositor, tile_size=tile_size)
+        render = lambda *a: rasterize(*a, size, size, **options)  # noqa: E731
+        _, _, diag = rasterize(*arrays, size, size, return_diagnostics=True, **options)
         counts = np.asarray(diag.tile_counts)
         result.update(
             intersections=int(counts.sum()), max_gaussians_in_a_tile=int(counts.max()),
@@ -265,7 +273,7 @@ def run_child(scene_name: str, impl: str, backend: str, repeats: int, warmup: bo
 
     forward = _compile_and_time(render, arrays, repeats, warmup, result, "peak_rss_{}_mb", _peak_rss_mb)
     if impl == "tiled":
-        stages = stage_times(arrays, size, repeats)
+        stages = stage_times(arrays, size, repeats, tile_size)
         full = result["fwd"]["min_s"]
         result["stages_fwd_s"] = {"project": stages["project"]["min_s"], "bin_sort": stages["bin_sort"]["min_s"],
                                   "composite_and_rest": full - stages["project"]["min_s"] - stages["bin_sort"]["min_s"]}
@@ -454,8 +462,8 @@ def _table_row(entry: dict, compositors: list[str]) -> dict:
             f"{c}_stage_composite_and_rest_s": r(stages.get("composite_and_rest")),
             f"{c}_project_fwd_bwd_s": r(tiled.get("project_fwd_bwd_s")),
         })
-    if len(compositors) == 2:
-        a, b = compositors
+    a = compositors[0]
+    for b in compositors[1:]:
         for k in ("fwd", "fwd_bwd"):
             ta, tb = row[f"{a}_{k}_s"], row[f"{b}_{k}_s"]
             row[f"{b}_over_{a}_{k}"] = r(tb / ta) if ta and tb else None
@@ -502,7 +510,7 @@ def main(argv) -> int:
     import platform
 
     report = {
-        "what": "rasterize (tiled, pure JAX; each compositor) vs naive dense JAX splatter; seconds after compilation",
+        "what": "rasterize (tiled, pure JAX; each compositor[@tile]) vs naive dense JAX splatter; seconds after compilation",
         "backend": args.backend,
         "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
         "load_average_at_start": os.getloadavg(),

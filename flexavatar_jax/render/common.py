@@ -95,8 +95,8 @@ class RasterOptions:
       masked once it is exhausted or saturated; groups are formed from tiles of similar list
       length) or "sequential" (one tile after another, each stopping as soon as its pixels
       saturate; the reference formulation). The CUDA backend ignores it.
-    lockstep_tiles: tiles per lockstep group; None: 2048 pixels' worth on CPU (8 tiles of 16²,
-      32 of 8²; fastest measured there: `experiments/bench_render.py`), else as many as keep a step's working set (tiles × tile
+    lockstep_tiles: tiles per lockstep group; None: 1024 pixels' worth on CPU (16 tiles of 8²,
+      4 of 16²; fastest measured there: `experiments/bench_render.py`), else as many as keep a step's working set (tiles × tile
       pixels × chunk) within 2**24 elements, i.e. every tile of a ≤ 1024² render at once on an
       accelerator without the CUDA kernel (e.g. TPU).
     Every value is checked on construction (ValueError naming the option). The numbers are

@@ -74,9 +74,10 @@ _CHUNK = 64
 # _CPU_LOCKSTEP_PIXELS pixels: fewer, larger loop bodies than one tile at a time, little work
 # wasted on tiles that finished early (bench_render, 16² tiles: 80K Gaussians at 256², forward
 # 222 -> 127 ms, fwd+bwd 611 -> 323 ms against "sequential" with 8 tiles; 4 and 16 were close,
-# all 256 slower; with 8² tiles 16 and 32 ran alike, 64 slower).
+# all 256 slower; with 8² tiles, the default on CPU, ground truth ran alike with 16 and 32 tiles
+# and 64 slower, and a tiny train step took 0.36-0.38 s with 16 against 0.44-0.50 s with 32).
 _LOCKSTEP_ELEMENTS = 2**24
-_CPU_LOCKSTEP_PIXELS = 2048
+_CPU_LOCKSTEP_PIXELS = 1024
 # Intersection sort: at most this many prefix lengths of the buffer (each halving the previous),
 # none shorter than _MIN_SORT_LENGTH.
 _SORT_LENGTHS = 5

@@ -132,10 +132,10 @@ def test_group_size_by_platform_and_request():
     # Accelerators: all 256 tiles of a 256² render in one group; at most 2**24 elements per step.
     assert _lockstep_group_size(256, 16 * 16, 64, None, "gpu") == 256
     assert _lockstep_group_size(4096, 16 * 16, 64, None, "tpu") == 2**24 // (16 * 16 * 64) == 1024
-    # CPU: small groups of a fixed pixel count (8 tiles of 16², 32 of 8²); a request wins; never
+    # CPU: small groups of a fixed pixel count (16 tiles of 8², 4 of 16²); a request wins; never
     # more than the tiles, never fewer than one.
-    assert _lockstep_group_size(256, 16 * 16, 64, None, "cpu") == jax_backend._CPU_LOCKSTEP_PIXELS // 256 == 8
-    assert _lockstep_group_size(1024, 8 * 8, 64, None, "cpu") == 32
+    assert _lockstep_group_size(1024, 8 * 8, 64, None, "cpu") == jax_backend._CPU_LOCKSTEP_PIXELS // 64 == 16
+    assert _lockstep_group_size(256, 16 * 16, 64, None, "cpu") == 4
     assert _lockstep_group_size(1024, 64 * 64, 64, None, "cpu") == 1
     assert _lockstep_group_size(256, 16 * 16, 64, 5, "gpu") == 5
     assert _lockstep_group_size(3, 16 * 16, 64, None, "cpu") == 3
