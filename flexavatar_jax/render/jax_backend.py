@@ -22,8 +22,9 @@ so that the CUDA backend (`cuda_backend.py`) can be compared stage by stage
    (longest first); *sequential* processes the tiles one after another (`lax.map`, a
    `lax.while_loop` over one tile's chunks). Lockstep replaces thousands of tiny serial loop
    bodies by a few large batched ones: on an accelerator without the CUDA kernel (e.g. TPU) all
-   tiles form one group (up to `_LOCKSTEP_ELEMENTS` elements per step), and on CPU groups of 8
-   tiles already halve the per-iteration overhead that dominates there.
+   tiles form one group (up to `_LOCKSTEP_ELEMENTS` elements per step), and on CPU groups of
+   1,024 pixels (16 of its default 8² tiles) already halve the per-iteration overhead that
+   dominates there.
 4. **Backward** (`jax.custom_vjp`): nothing per (pixel, Gaussian) is stored. The forward keeps,
    per pixel, only the final transmittance and the list position where it stopped (gsplat's
    `last_ids`), and per tile the number of chunks it ran. The backward walks the same chunks back
