@@ -510,7 +510,8 @@ def main(argv) -> int:
     import platform
 
     report = {
-        "what": "rasterize (tiled, pure JAX; each compositor[@tile]) vs naive dense JAX splatter; seconds after compilation",
+        "what": "rasterize (tiled, pure JAX; each compositor[@tile]) vs naive dense JAX splatter; "
+                "seconds after compilation",
         "backend": args.backend,
         "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
         "load_average_at_start": os.getloadavg(),

@@ -34,9 +34,10 @@ _MIN_INTERSECTIONS = 1 << 16
 # Default tile edge (RasterOptions.tile_size=None), by platform: gsplat's 16 on accelerators (the
 # CUDA kernel's and, for the pure-JAX lockstep compositor, one group of every tile), 8 on CPU. A
 # CPU composites tile by tile, and smaller tiles stop sooner where the head saturates them and
-# carry fewer of the silhouette's long, never-saturating lists (experiments/bench_render.py and
-# bench_data.py: ground truth 1.5-1.6x and a tiny train step ~1.8x faster than with 16; 4 ran
-# like 8). 16 is a multiple of every default, so an image that tiles at 16 tiles everywhere.
+# carry fewer of the silhouette's long, never-saturating lists (bench_render.py on 2 cores:
+# forward 1.1-1.6x, forward+backward 1.4-1.6x faster than with 16; bench_data.py: ground truth
+# 1.3-1.5x; the tiny job's steps ~1.2x; 4 ran like 8). 16 is a multiple of every default, so an
+# image that tiles at 16 tiles everywhere.
 GSPLAT_TILE_SIZE = 16
 _PLATFORM_TILE_SIZES = {"cpu": 8}
 
@@ -96,9 +97,9 @@ class RasterOptions:
       length) or "sequential" (one tile after another, each stopping as soon as its pixels
       saturate; the reference formulation). The CUDA backend ignores it.
     lockstep_tiles: tiles per lockstep group; None: 1024 pixels' worth on CPU (16 tiles of 8²,
-      4 of 16²; fastest measured there: `experiments/bench_render.py`), else as many as keep a step's working set (tiles × tile
-      pixels × chunk) within 2**24 elements, i.e. every tile of a ≤ 1024² render at once on an
-      accelerator without the CUDA kernel (e.g. TPU).
+      4 of 16²; fastest measured there: `experiments/bench_render.py`), else as many as keep a
+      step's working set (tiles × tile pixels × chunk) within 2**24 elements, i.e. every tile of
+      a ≤ 1024² render at once on an accelerator without the CUDA kernel (e.g. TPU).
     Every value is checked on construction (ValueError naming the option). The numbers are
     static, as gsplat's Python floats: a render with another near_plane compiles anew.
     """
