@@ -102,7 +102,7 @@ def test_bad_config_raises():
         SyntheticConfig(background="green")
     with pytest.raises(ValueError, match="image_size"):
         SyntheticConfig(image_size=0)
-    with pytest.raises(ValueError, match="image_size=40 is not a multiple of the renderer.s 16-pixel tile"):
+    with pytest.raises(ValueError, match="image_size=40 is not a multiple of the renderer's 16-pixel tile"):
         SyntheticConfig(image_size=40)
     with pytest.raises(ValueError, match="hair_style_probs"):
         SyntheticConfig(hair_style_probs=(0.5, 0.5, 0.5, 0.5))
