@@ -104,8 +104,13 @@ def _enumerate_and_sort(length, incl, excl, lo, ext, global_id, *, size, num_gau
     inside a tile), padded to `size` with unused slots: (tile keys, global ids, -1 if unused).
     Slot s belongs to the Gaussian (in depth order) whose inclusive count prefix `incl` first
     exceeds s."""
+    # owner[s] = #{g : incl[g] <= s} (searchsorted right), as a scatter of ones and a prefix sum:
+    # O(N + length) instead of a binary search per slot (0.3 against 1.1 ms at 80K slots on 2
+    # CPU cores). (Packing (tile, slot) into one int32 key for a single-operand sort was tried:
+    # 30% faster on random keys alone, but slower here, 7.1 against 6.2 ms at 20K Gaussians/128².)
+    hits = jnp.zeros((length + 1,), jnp.int32).at[jnp.minimum(incl, length)].add(1)
+    owner = jnp.minimum(jnp.cumsum(hits[:length]), incl.shape[0] - 1)
     slot = jnp.arange(length, dtype=jnp.int32)
-    owner = jnp.minimum(jnp.searchsorted(incl, slot, side="right"), incl.shape[0] - 1)
     used = slot < incl[-1]
     local = slot - excl[owner]
     width_o = jnp.maximum(ext[owner, 0], 1)
