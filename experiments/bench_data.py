@@ -15,10 +15,15 @@ default example of 1–4 inputs + 4 targets):
   and as a vmapped batch of 8 (per identity);
 * `host_examples_per_s` — the engine before this change (numpy identities, one render call per
   view from the loader), run from `--reference_checkout` (a checkout of commit 4be4cb3, e.g.
-  `git worktree add /tmp/ref 4be4cb3`) in a subprocess of this run, with the same settings;
+  `git worktree add /tmp/ref 4be4cb3`) in a subprocess of this run, with the same settings
+  (stopped with SIGSTOP outside its own rounds, since its loader renders ahead on threads);
 * `device_gsplat_tile` — the same engine with the renderer's tile forced to gsplat's 16 pixels
-  (where the platform default differs: 8 on CPU), measured right after `device`, and
-  `default_tile_over_gsplat_tile`, the ratio of the two;
+  (where the platform default differs: 8 on CPU), and `default_tile_over_gsplat_tile`;
+
+the engines are timed interleaved: `--rounds` rounds, in each of which every engine makes
+`--batches` batches in turn, so that a drift of the machine's speed (up to 30 % between runs on
+this 2-core CPU) falls on all of them alike; each ratio (`device_over_host`, ...) is given
+overall and per round (`per_round`, `min_round`, `max_round`);
 * `tiny` — for `configs/flexavatar.py:tiny`: seconds per train step with the batch already on the
   device, seconds to make a batch (loader + device render), and the data share of a step.
 
@@ -28,9 +33,11 @@ data share of a `base` step (the issue's goal: ≤ 15 %).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import textwrap
@@ -44,7 +51,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_integer("image_size", 128, "Rendered image size.")
 flags.DEFINE_integer("uv_resolution", 128, "Gaussians per UV side of the ground-truth avatar.")
 flags.DEFINE_integer("batch_size", 4, "Examples per batch.")
-flags.DEFINE_integer("batches", 6, "Timed batches (after one warm-up batch).")
+flags.DEFINE_integer("batches", 4, "Timed batches per engine per round (after one warm-up batch).")
+flags.DEFINE_integer("rounds", 4, "Rounds; in each, every engine times its batches in turn.")
 flags.DEFINE_string("reference_checkout", "", "A checkout of the pre-device engine (commit 4be4cb3) for "
                     "host_examples_per_s; empty: not measured.")
 flags.DEFINE_string("config", "tiny", "FlexAvatar config variant whose train-step data share is measured "
@@ -93,57 +101,121 @@ def host_ms_per_example(world) -> float:
     return 1e3 * (time.process_time() - t0) / len(idx)
 
 
-def device_pipeline(world) -> dict:
-    from flexavatar_jax.data import ground_truth, pipeline
+class _DeviceEngine:
+    """This engine at the platform's default tile (or, `gsplat_tile`, at gsplat's 16² tile: the
+    platform table is cleared around every call, for this measurement only)."""
 
-    src = _spec_source(world, 64)
-    it = pipeline.make_loader(src, FLAGS.batch_size, seed=0)
-    render = ground_truth.GroundTruthRenderer(world, input_annotations=False)
-    t0 = time.perf_counter()
-    jax.block_until_ready(render(next(it)))
-    warm = time.perf_counter() - t0
-    views = 0
-    t0 = time.perf_counter()
-    for _ in range(FLAGS.batches):
-        b = jax.block_until_ready(render(next(it)))
-        views += b["input_images"].shape[0] * (b["input_images"].shape[1] + b["target_images"].shape[1])
-    dt = time.perf_counter() - t0
-    n = FLAGS.batches * FLAGS.batch_size
-    from flexavatar_jax.render.common import default_tile_size
+    def __init__(self, world, gsplat_tile: bool = False):
+        from flexavatar_jax.data import ground_truth, pipeline
+        from flexavatar_jax.render import common
 
-    return {"examples_per_s": n / dt, "views_per_s": views / dt, "warmup_s": warm, "gaussians": world.num_gaussians,
-            "tile_size": default_tile_size()}
+        self.gsplat_tile = gsplat_tile and common.default_tile_size() != common.GSPLAT_TILE_SIZE
+        self._it = pipeline.make_loader(_spec_source(world, 64), FLAGS.batch_size, seed=0)
+        self._render = ground_truth.GroundTruthRenderer(world, input_annotations=False)
+        with self._tiles():
+            self.tile_size = common.default_tile_size()
+            t0 = time.perf_counter()
+            jax.block_until_ready(self._render(next(self._it)))
+        self.warmup_s = time.perf_counter() - t0
+
+    @contextlib.contextmanager
+    def _tiles(self):
+        from flexavatar_jax.render import common
+
+        saved = dict(common._PLATFORM_TILE_SIZES)
+        if self.gsplat_tile:
+            common._PLATFORM_TILE_SIZES.clear()
+        try:
+            yield
+        finally:
+            common._PLATFORM_TILE_SIZES.update(saved)
+
+    def round(self, batches: int) -> dict:
+        views = 0
+        with self._tiles():
+            t0 = time.perf_counter()
+            for _ in range(batches):
+                b = jax.block_until_ready(self._render(next(self._it)))
+                views += b["input_images"].shape[0] * (b["input_images"].shape[1] + b["target_images"].shape[1])
+            dt = time.perf_counter() - t0
+        return {"examples": batches * FLAGS.batch_size, "views": views, "seconds": dt}
 
 
+# The old engine, in its own process from the reference checkout: it warms up, says "ready", then
+# times one round of N batches per line N read from stdin.
 _REFERENCE = textwrap.dedent("""
     import json, sys, time
     from flexavatar_jax.data import balance, pipeline
     from flexavatar_jax.data.synthetic import SyntheticConfig, SyntheticWorld
-    size, k, batch, batches = (int(a) for a in sys.argv[1:5])
+    size, k, batch = (int(a) for a in sys.argv[1:4])
     world = SyntheticWorld(SyntheticConfig(uv_resolution=k, image_size=size))
     frames = pipeline.SyntheticFrames(world, num_identities=64)
     src = pipeline.ExampleSource(frames, pipeline.ExampleConfig(), seed=0,
                                  anchors=balance.named_anchor_codes(world.expression_names))
     it = pipeline.make_loader(src, batch, seed=0)
     next(it)
-    views = 0
-    t0 = time.perf_counter()
-    for _ in range(batches):
-        b = next(it)
-        views += int(b["num_inputs"].sum()) + b["target_images"].shape[0] * b["target_images"].shape[1]
-    dt = time.perf_counter() - t0
-    print(json.dumps({"examples_per_s": batches * batch / dt, "views_per_s": views / dt}))
+    print("ready", flush=True)
+    for line in sys.stdin:
+        views = 0
+        t0 = time.perf_counter()
+        for _ in range(int(line)):
+            b = next(it)
+            views += int(b["num_inputs"].sum()) + b["target_images"].shape[0] * b["target_images"].shape[1]
+        print(json.dumps({"examples": int(line) * batch, "views": views, "seconds": time.perf_counter() - t0}),
+              flush=True)
 """)
 
 
-def reference_pipeline() -> dict | None:
-    if not FLAGS.reference_checkout:
-        return None
-    env = dict(os.environ, PYTHONPATH=os.path.abspath(FLAGS.reference_checkout))
-    args = [str(a) for a in (FLAGS.image_size, FLAGS.uv_resolution, FLAGS.batch_size, FLAGS.batches)]
-    done = subprocess.run([sys.executable, "-c", _REFERENCE, *args], env=env, capture_output=True, text=True,
-                          cwd=FLAGS.reference_checkout, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+class _ReferenceEngine:
+    def __init__(self, checkout: str):
+        env = dict(os.environ, PYTHONPATH=os.path.abspath(checkout))
+        args = [str(a) for a in (FLAGS.image_size, FLAGS.uv_resolution, FLAGS.batch_size)]
+        self._proc = subprocess.Popen([sys.executable, "-c", _REFERENCE, *args], env=env, cwd=checkout, text=True,
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        line = self._proc.stdout.readline().strip()
+        if line != "ready":
+            raise RuntimeError(f"the reference engine in {checkout} did not start (exit {self._proc.wait()})")
+        # Its loader reads ahead on threads: stopped between its rounds, it cannot fill its buffer
+        # while the other engines are timed.
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def round(self, batches: int) -> dict:
+        self._proc.send_signal(signal.SIGCONT)
+        self._proc.stdin.write(f"{batches}\n")
+        self._proc.stdin.flush()
+        out = json.loads(self._proc.stdout.readline())
+        self._proc.send_signal(signal.SIGSTOP)
+        return out
+
+    def close(self):
+        self._proc.send_signal(signal.SIGCONT)
+        self._proc.stdin.close()
+        self._proc.wait()
+
+
+def interleaved(engines: dict) -> dict:
+    """`--rounds` rounds of `--batches` batches, the engines taking turns inside each round, so a
+    drift in the machine's speed (up to 30 % between runs here) falls on all of them alike.
+    Per engine: examples/s and views/s over all rounds, and the examples/s of each round."""
+    rounds = {name: [] for name in engines}
+    for r in range(FLAGS.rounds):
+        for name, engine in engines.items():
+            rounds[name].append(engine.round(FLAGS.batches))
+            print(f"round {r + 1}/{FLAGS.rounds} {name}: {rounds[name][-1]['examples'] / rounds[name][-1]['seconds']:.2f} "
+                  "examples/s", file=sys.stderr, flush=True)
+    out = {}
+    for name, rs in rounds.items():
+        seconds = sum(r["seconds"] for r in rs)
+        out[name] = {"examples_per_s": sum(r["examples"] for r in rs) / seconds,
+                     "views_per_s": sum(r["views"] for r in rs) / seconds,
+                     "round_examples_per_s": [r["examples"] / r["seconds"] for r in rs]}
+    return out
+
+
+def _ratios(a: dict, b: dict) -> dict:
+    per_round = [x / y for x, y in zip(a["round_examples_per_s"], b["round_examples_per_s"])]
+    return {"overall": a["examples_per_s"] / b["examples_per_s"], "per_round": per_round,
+            "min_round": min(per_round), "max_round": max(per_round)}
 
 
 def train_data_share(variant: str) -> dict:
@@ -189,25 +261,29 @@ def main(argv):
               "batch_size": FLAGS.batch_size, "load_avg_1min": os.getloadavg()[0]}
     result["identity_ms"] = identity_ms()
     result["host_ms_per_example"] = host_ms_per_example(world)
-    device = device_pipeline(world)
-    result["device_examples_per_s"] = device["examples_per_s"]
-    result["device"] = device
-    from flexavatar_jax.render import common
+    from flexavatar_jax.render.common import GSPLAT_TILE_SIZE
 
-    if common.default_tile_size() != common.GSPLAT_TILE_SIZE:
-        platform_tiles = dict(common._PLATFORM_TILE_SIZES)
-        common._PLATFORM_TILE_SIZES.clear()  # every platform on gsplat's tile, for this measurement only
-        try:
-            gsplat_tile = device_pipeline(world)
-        finally:
-            common._PLATFORM_TILE_SIZES.update(platform_tiles)
-        result["device_gsplat_tile"] = gsplat_tile
-        result["default_tile_over_gsplat_tile"] = device["examples_per_s"] / gsplat_tile["examples_per_s"]
-    reference = reference_pipeline()
-    if reference is not None:
-        result["host_examples_per_s"] = reference["examples_per_s"]
-        result["host"] = reference
-        result["device_over_host"] = device["examples_per_s"] / reference["examples_per_s"]
+    engines = {"device": _DeviceEngine(world)}
+    if engines["device"].tile_size != GSPLAT_TILE_SIZE:
+        engines["device_gsplat_tile"] = _DeviceEngine(world, gsplat_tile=True)
+    if FLAGS.reference_checkout:
+        engines["host"] = _ReferenceEngine(FLAGS.reference_checkout)
+    try:
+        measured = interleaved(engines)
+    finally:
+        if "host" in engines:
+            engines["host"].close()
+    for name in ("device", "device_gsplat_tile"):
+        if name in engines:
+            measured[name].update(warmup_s=engines[name].warmup_s, gaussians=world.num_gaussians,
+                                  tile_size=engines[name].tile_size)
+    result["device_examples_per_s"] = measured["device"]["examples_per_s"]
+    result.update(measured)
+    if "device_gsplat_tile" in measured:
+        result["default_tile_over_gsplat_tile"] = _ratios(measured["device"], measured["device_gsplat_tile"])
+    if "host" in measured:
+        result["host_examples_per_s"] = measured["host"]["examples_per_s"]
+        result["device_over_host"] = _ratios(measured["device"], measured["host"])
     if FLAGS.config:
         result["train"] = train_data_share(FLAGS.config)
     out = pathlib.Path(FLAGS.out)
