@@ -158,3 +158,25 @@ def test_input_count_weights_follow_the_config(world):
 def test_bad_input_count_weights_are_refused(weights):
     with pytest.raises(ValueError, match="input_count_weights"):
         pipeline.ExampleConfig(input_count_weights=weights)
+
+
+def test_hidden_views_are_their_background_and_leave_the_others_unchanged(source, world):
+    """`visible=False` views (padded input slots) come out as what culling every Gaussian gives:
+    the background (a non-finite one as 0), alpha 0, depth 0; the visible views are those of a
+    call where every view is visible."""
+    ex = source[0]
+    params = HeadParams(shape=None, **{f: np.stack([ex[f"target_{f}"]] * 2) for f in pipeline.SPEC_PARAM_FIELDS})
+    viewmats, Ks = np.stack([ex["target_viewmats"]] * 2), np.stack([ex["target_Ks"]] * 2)
+    backgrounds = np.array([[[0.2, 0.5, 0.9], [np.nan, 1.0, 0.0]], [[1.0, 1.0, 1.0], [0.0, 0.3, 0.6]]], np.float32)
+    visible = np.array([[True, False], [False, True]])
+    ids = [int(ex["world_id"]), 2]
+    got = world.render_views(ids, params, viewmats, Ks, backgrounds, with_depth=True, visible=visible)
+    every = world.render_views(ids, params, viewmats, Ks, backgrounds, with_depth=True)
+    for b, v in ((0, 1), (1, 0)):
+        want_rgb = np.broadcast_to(np.nan_to_num(backgrounds[b, v], nan=0.0), got["rgb"].shape[2:])
+        np.testing.assert_array_equal(np.asarray(got["rgb"][b, v]), want_rgb)
+        assert not np.asarray(got["alpha"][b, v]).any() and not np.asarray(got["depth"][b, v]).any()
+    for b, v in ((0, 0), (1, 1)):
+        assert np.asarray(got["alpha"][b, v]).mean() > 0.05  # the head is there
+        for key in ("rgb", "alpha", "depth"):
+            np.testing.assert_allclose(np.asarray(got[key][b, v]), np.asarray(every[key][b, v]), atol=1e-6)
