@@ -163,6 +163,20 @@ def _sort_smallest_prefix(enumerate_and_sort, lengths, incl, excl, lo, ext, glob
     return keys[0], ids[0]
 
 
+def _stable_argsort(x: Array) -> Array:
+    """`jnp.argsort(x, axis=-1, stable=True)` of floats, sorting integer keys: the IEEE bits with
+    the magnitude bits of negatives flipped order like the values, and -0.0 is made +0.0 first so
+    that the two tie as floats do (x has no NaN). XLA:CPU compares floats in its sort through a
+    total-order transform per comparison: integer keys sort twice as fast (20K depths: 0.9
+    against 1.9 ms on 2 cores)."""
+    width = jnp.dtype(x.dtype).itemsize * 8
+    int_type = {32: jnp.int32, 64: jnp.int64}[width]
+    bits = jax.lax.bitcast_convert_type(jnp.where(x == 0, jnp.zeros_like(x), x), int_type)
+    keys = bits ^ ((bits >> (width - 1)) & jnp.asarray(2 ** (width - 1) - 1, int_type))
+    index = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    return jax.lax.sort((keys, index), dimension=x.ndim - 1, num_keys=1, is_stable=True)[1]
+
+
 def _bin_intersections(tile_min, tile_max, depths, valid, n_tiles_x, n_tiles_y, capacity, max_intersections):
     """Group (Gaussian, tile) pairs by tile, depth-sorted inside each tile, in static shapes."""
     num_views, num_gaussians = valid.shape
@@ -173,7 +187,7 @@ def _bin_intersections(tile_min, tile_max, depths, valid, n_tiles_x, n_tiles_y, 
 
     # Enumerate Gaussians front to back (stable argsort of the float depth; culled ones last), so
     # a stable sort by tile id below keeps each tile's list in depth order.
-    order = jnp.argsort(jnp.where(valid, depths, jnp.inf), axis=1, stable=True)  # [V,N]
+    order = _stable_argsort(jnp.where(valid, depths, jnp.inf))  # [V,N]
     lo = jnp.take_along_axis(tile_min, order[..., None], axis=1).reshape(-1, 2)
     ext = jnp.take_along_axis(extent, order[..., None], axis=1).reshape(-1, 2)
     global_id = (order + num_gaussians * jnp.arange(num_views)[:, None]).reshape(-1)

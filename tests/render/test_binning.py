@@ -91,3 +91,24 @@ def test_vmapped_renders_with_different_fills_match_unbatched():
 def test_prefix_lengths_halve_down_to_the_minimum():
     assert jax_backend._prefix_lengths(2048) == [256, 512, 1024, 2048]
     assert jax_backend._prefix_lengths(300) == [300]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stable_argsort_of_integer_keys_matches_numpy(dtype):
+    rng = np.random.default_rng(1)
+    x = np.round(rng.normal(0, 2, (3, 500)), 1).astype(dtype)  # many ties
+    x[:, :40] = 0.0
+    x[:, 40:80] = -0.0  # ties with +0.0, as floats compare
+    x[:, 80:100] = np.inf
+    x[:, 100:110] = -np.inf
+    x = rng.permuted(x, axis=1)
+    # Subnormals: XLA:CPU treats them as 0 when comparing floats, so the float sort this replaces
+    # (jnp.argsort) ties them with 0 too; they are checked against that, not numpy.
+    sub = x.copy()
+    sub[:, 110:120] = np.finfo(dtype).tiny / 4 * np.array([1, -1] * 5)
+    sub = rng.permuted(sub, axis=1)
+    with jax.enable_x64(dtype == np.float64):
+        argsort = jax.jit(jax_backend._stable_argsort)
+        np.testing.assert_array_equal(np.asarray(argsort(jnp.asarray(x))), np.argsort(x, axis=-1, kind="stable"))
+        np.testing.assert_array_equal(np.asarray(argsort(jnp.asarray(sub))),
+                                      np.asarray(jnp.argsort(jnp.asarray(sub), axis=-1, stable=True)))
