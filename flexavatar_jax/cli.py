@@ -18,6 +18,7 @@
         me_motion.npz and puts the driving video beside the avatar)
     flexavatar-jax export --config ... --workdir out/tiny --avatar me.npz --out me.ply
     flexavatar-jax sweep plan|run|report --study configs/studies/identity_scaling.py:tiny --root out/study
+    flexavatar-jax sweep archive|restore --study ... --root out/study --archive DIR   (points without checkpoints)
 
 Every command has its own flags (`flexavatar-jax COMMAND --help` lists them); a config given as
 `--config FILE:VARIANT` takes `--config.a.b=value` overrides and is converted once, here, into the
@@ -469,10 +470,12 @@ def _sweep_flags(fv: flags.FlagValues, argv: list[str]) -> None:
                         flag_values=fv)
     flags.DEFINE_integer("max_points", None, "run: stop after training this many points.", flag_values=fv)
     flags.DEFINE_integer("bootstrap", 1000, "report: bootstrap resamples for intervals and fits.", flag_values=fv)
+    flags.DEFINE_string("archive", None, "archive: where to write the finished points' result files (no "
+                        "checkpoints); restore: the archive to write back into --root.", flag_values=fv)
 
 
 def run_sweep(fv: flags.FlagValues, action: str) -> None:
-    from flexavatar_jax.studies import ablation, load_study, report, runner
+    from flexavatar_jax.studies import ablation, archive, load_study, report, runner
 
     study, root = load_study(_required(fv, "study")), _required(fv, "root")
     if action == "plan":
@@ -483,6 +486,13 @@ def run_sweep(fv: flags.FlagValues, action: str) -> None:
         statuses = runner.run(study, root, max_points=fv.max_points)
         counts = {s: sum(v == s for v in statuses.values()) for s in runner.STATUSES}
         print("points: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
+    elif action in ("archive", "restore"):
+        where = _required(fv, "archive")
+        done = archive.archive(study, root, where) if action == "archive" else archive.restore(study, where, root)
+        for name, what in done.items():
+            print(f"{name}: {what}")
+        verb = "archived" if action == "archive" else "restored"
+        print(f"# {sum(v == verb for v in done.values())} of {len(done)} points {verb}", file=sys.stderr)
     else:
         write = ablation.write_ablation_report if study.kind == "ablation" else report.write_report
         out = write(study, root, bootstrap=fv.bootstrap)
@@ -521,8 +531,8 @@ COMMANDS: dict[str, Command] = {
                      _flags(_track_flags, _head, _out(None, "The motion .npz to write.")), run_track),
     "export": Command("A 3DGS .ply of an avatar (neutral expression) for splat viewers.",
                       _flags(_RUN, _avatar_flag, _out(None, "The .ply to write.")), run_export),
-    "sweep": Command("A study over configs: `sweep plan|run|report --study FILE:VARIANT --root DIR`.",
-                     _sweep_flags, run_sweep, actions=("plan", "run", "report")),
+    "sweep": Command("A study over configs: `sweep plan|run|report|archive|restore --study FILE:VARIANT --root DIR`.",
+                     _sweep_flags, run_sweep, actions=("plan", "run", "report", "archive", "restore")),
 }
 
 

@@ -2,13 +2,14 @@
 study end to end (plan, run, report) through the CLI."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from flexavatar_jax import cli
 from flexavatar_jax.configs.studies import ablations as ablations_config, views as views_config
-from flexavatar_jax.studies import ablation, load_study, points, runner, spec
+from flexavatar_jax.studies import ablation, archive, load_study, points, runner, spec
 from flexavatar_jax.train.evaluate import EVALUATOR_VERSION
 
 SMOKE = "configs/studies/ablations.py:smoke"
@@ -88,6 +89,15 @@ def test_smoke_ablation_study_end_to_end(tmp_path, capsys):
         assert claim["difference"] is not None and claim["matches"] in ("yes", "no", "not resolved")
     md = (root / "report" / "report.md").read_text()
     assert "matches paper?" in md and (root / "report" / "claims.png").stat().st_size > 0
+    # On another machine: restored from the archive, the points are skipped, not trained again.
+    store, other = tmp_path / "archive", tmp_path / "other"
+    assert cli.main(argv("archive", f"--archive={store}")) == 0
+    assert cli.main(["flexavatar-jax", "sweep", "restore", f"--study={SMOKE}", f"--root={other}",
+                     f"--archive={store}"]) == 0
+    capsys.readouterr()
+    assert cli.main(["flexavatar-jax", "sweep", "run", f"--study={SMOKE}", f"--root={other}"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("finished, skipped") == 2 and "points: 2 finished" in out and "training" not in out
 
 
 def _fake_point(workdir, steps, psnr, psnr_shuffled, marginal, azimuth, evaluator=EVALUATOR_VERSION):
@@ -172,3 +182,64 @@ def test_refine_variants_are_validated_and_planned():
     argv = spec.refine_argv(study, a, "/r")
     assert argv[0] == "refine" and "--config.eval.num_identities=3" in argv
     assert "--config.eval.num_identities=8" not in argv and "--workdir=/r/a_seed0" in argv
+
+
+def test_archive_then_restore_on_another_root_reports_the_same(tmp_path):
+    """Complete points travel without checkpoints; a finished point whose variant refines but has
+    no refine.json yet, an unfinished point and an existing workdir are not copied; the restored
+    root's points are finished and its report equals the original's."""
+    study = spec.Study(name="fake", variants=(("a", ()), ("b", (("model.unet.enabled", False),))), seeds=(0, 1),
+                       steps=7, refine_variants=("a",),
+                       claims=(("a beats b", "a:self/4_views/all/psnr", "b:self/4_views/all/psnr", "+", "x"),))
+    root, elsewhere, store = tmp_path / "root", tmp_path / "elsewhere", tmp_path / "archive"
+    rng = np.random.default_rng(2)
+    marginal, azimuth = np.zeros((6, 2), bool), rng.uniform(-180, 180, (6, 2))
+    for name in ("a_seed0", "a_seed1", "b_seed0"):
+        score = rng.normal(18.0, 2.0, (6, 2))
+        _fake_point(root / name, 7, score, score - 1.0, marginal, azimuth)
+        (root / name / "checkpoints" / "7").mkdir(parents=True)
+    rows = [{"identity": 0, "psnr_before": {"novel_views": 18.0, "unseen_expressions": 19.0},
+             "psnr_after": {"novel_views": 18.5, "unseen_expressions": 19.2}}]
+    (root / "a_seed0" / "refine.json").write_text(json.dumps({"identities": rows}))
+    (root / "b_seed1").mkdir()  # started, not finished
+
+    done = archive.archive(study, str(root), str(store))
+    assert done["a_seed0"] == done["b_seed0"] == "archived"
+    assert "not refined" in done["a_seed1"] and done["b_seed1"].startswith("unfinished")
+    assert sorted(p.name for p in store.iterdir()) == ["a_seed0", "b_seed0"]
+    assert sorted(f.name for f in (store / "a_seed0").iterdir()) == [
+        "eval.json.gz", "eval_gain.json", "metrics.jsonl", "refine.json"]  # no checkpoints
+    again = tmp_path / "again"
+    archive.archive(study, str(root), str(again))
+    assert (again / "a_seed0" / "eval.json.gz").read_bytes() == (store / "a_seed0" / "eval.json.gz").read_bytes()
+
+    (elsewhere / "b_seed0").mkdir(parents=True)  # this machine's own (unfinished) copy is kept
+    done = archive.restore(study, str(store), str(elsewhere))
+    assert done["a_seed0"] == "restored" and done["b_seed0"].startswith("left alone")
+    assert done["a_seed1"] == done["b_seed1"] == "not in the archive"
+    a0 = points(study)[0]
+    assert runner.point_status(str(elsewhere), a0)[0] == "finished"
+    assert (elsewhere / "a_seed0" / "eval.json").read_bytes() == (root / "a_seed0" / "eval.json").read_bytes()
+
+    # The same complete points in both roots: identical reports.
+    (elsewhere / "b_seed0").rmdir()
+    archive.restore(study, str(store), str(elsewhere))
+    for name in ("a_seed1", "b_seed1"):
+        shutil.rmtree(root / name)
+    for r in (root, elsewhere):
+        ablation.write_ablation_report(study, str(r), bootstrap=100)
+    strip = lambda r: {k: v for k, v in json.loads((r / "report" / "results.json").read_text()).items()  # noqa: E731
+                       if k not in ("root", "points")}
+    assert strip(root) == strip(elsewhere)
+
+    with pytest.raises(FileNotFoundError, match="no study archive"):
+        archive.restore(study, str(tmp_path / "nowhere"), str(elsewhere))
+    (store / "c_seed0").mkdir()
+    with pytest.raises(ValueError, match=r"does not have: \['c_seed0'\]"):
+        archive.restore(study, str(store), str(tmp_path / "third"))
+
+
+def test_archive_and_restore_need_the_archive_flag(tmp_path, capsys):
+    for action in ("archive", "restore"):
+        assert cli.main(["flexavatar-jax", "sweep", action, f"--study={SMOKE}", f"--root={tmp_path}"]) == 2
+        assert "needs --archive" in capsys.readouterr().err
