@@ -77,7 +77,7 @@ def test_every_command_help_lists_only_its_own_flags(capsys):
         "track": {"video", "fov_deg", "frames", "identity_frames", "smooth", "landmarks", "head", "uv_obj", "flame_masks",
                   "out"},
         "export": {"config", "workdir", "avatar", "out"},
-        "sweep": {"study", "root", "max_points", "bootstrap"},
+        "sweep": {"study", "root", "max_points", "bootstrap", "archive"},
     }
     assert set(expected) == set(cli.COMMANDS)
     for command, names in expected.items():
