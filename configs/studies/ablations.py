@@ -11,9 +11,10 @@ identity (FlexAvatar's refinement: PSNR before/after).
           16 points of ~6–8 minutes on 2 cores: about two hours).
 * scale — the tiny model trained the way the views study found it must be for 4 input views to beat
           1 (`configs/studies/views.py:scale` and `:confirm`): 1,024 training identities, 1,200
-          steps, 2 seeds, 128 held-out identities × 4 targets. 16 points of ~25 minutes on 2 CPU
-          cores (about 7 hours: run it over several sessions, `sweep run` resumes) or minutes each
-          on a GPU.
+          steps, 2 seeds, 128 held-out identities × 4 targets. 16 points of ~17 minutes on 2 CPU
+          cores at 8² tiles (about 4.5 hours: run it over several sessions, `sweep run` resumes,
+          `sweep archive`/`restore` carry finished points between machines) or minutes each on a
+          GPU.
 * base  — a GPU cluster (base model, 1,000 identities).
 * smoke — the test: a micro model, two variants, a few steps.
 """
