@@ -18,11 +18,26 @@ import os
 import shutil
 
 from flexavatar_jax.files import write_atomic
-from flexavatar_jax.studies.runner import point_status
-from flexavatar_jax.studies.spec import Study, point_workdir, points, refines
+from flexavatar_jax.studies.runner import awaits_refinement, point_status
+from flexavatar_jax.studies.spec import Study, point_workdir, points
 
 PLAIN_FILES = ("config.json", "eval_gain.json", "metrics.jsonl", "refine.json")
 GZIPPED_FILES = ("eval.json",)
+
+
+def _transfer(source: str, target: str, pack: bool) -> None:
+    """The result files of one point from folder `source` to `target`: `PLAIN_FILES` (those
+    present) as they are, `GZIPPED_FILES` gzipped (`pack`) or gunzipped."""
+    for name in PLAIN_FILES:
+        if os.path.exists(os.path.join(source, name)):
+            shutil.copyfile(os.path.join(source, name), os.path.join(target, name))
+    for name in GZIPPED_FILES:
+        packed = name + ".gz"
+        with open(os.path.join(source, name if pack else packed), "rb") as f:
+            data = f.read()
+        # mtime=0: the same point archives to the same bytes (no spurious diffs in git).
+        write_atomic(os.path.join(target, packed if pack else name),
+                     gzip.compress(data, mtime=0) if pack else gzip.decompress(data))
 
 
 def archive(study: Study, root: str, out: str) -> dict[str, str]:
@@ -31,22 +46,15 @@ def archive(study: Study, root: str, out: str) -> dict[str, str]:
     done = {}
     for point in points(study):
         status, reason = point_status(root, point)
-        workdir = point_workdir(root, point)
         if status != "finished":
             done[point.name] = f"{status}: {reason}" if reason else status
             continue
-        if refines(study, point) and not os.path.exists(os.path.join(workdir, "refine.json")):
+        if awaits_refinement(study, root, point):
             done[point.name] = "finished but not refined yet (its variant refines)"
             continue
         target = os.path.join(out, point.name)
         os.makedirs(target, exist_ok=True)
-        for name in PLAIN_FILES:
-            if os.path.exists(os.path.join(workdir, name)):
-                shutil.copyfile(os.path.join(workdir, name), os.path.join(target, name))
-        for name in GZIPPED_FILES:
-            with open(os.path.join(workdir, name), "rb") as f:
-                # mtime=0: the same point archives to the same bytes (no spurious diffs in git).
-                write_atomic(os.path.join(target, name + ".gz"), gzip.compress(f.read(), mtime=0))
+        _transfer(point_workdir(root, point), target, pack=True)
         done[point.name] = "archived"
     return done
 
@@ -77,12 +85,7 @@ def restore(study: Study, archive_dir: str, root: str) -> dict[str, str]:
         staging = workdir + ".restoring"
         shutil.rmtree(staging, ignore_errors=True)
         os.makedirs(staging)
-        for name in PLAIN_FILES:
-            if os.path.exists(os.path.join(source, name)):
-                shutil.copyfile(os.path.join(source, name), os.path.join(staging, name))
-        for name in GZIPPED_FILES:
-            with gzip.open(os.path.join(source, name + ".gz"), "rb") as f:
-                write_atomic(os.path.join(staging, name), f.read())
+        _transfer(source, staging, pack=False)
         os.rename(staging, workdir)  # a point appears whole or not at all
         done[point.name] = "restored"
     return done

@@ -133,16 +133,21 @@ def _cli(args: list[str], extra_args: tuple[str, ...], log_path: str, what: str)
         raise RuntimeError(f"{what} failed (exit {proc.returncode}); see {log_path}")
 
 
+def awaits_refinement(study: Study, root: str, point: Point) -> bool:
+    """A finished point of a `refine_variants` variant that has no refine.json yet."""
+    return (refines(study, point) and point_status(root, point)[0] == "finished"
+            and not os.path.exists(os.path.join(point_workdir(root, point), "refine.json")))
+
+
 def _refine(study: Study, point: Point, root: str, extra_args: tuple[str, ...], tag: str) -> None:
-    """Refine a finished `refine_variants` point that has no refine.json yet (log: refine.log)."""
-    workdir = point_workdir(root, point)
-    if (not refines(study, point) or point_status(root, point)[0] != "finished"
-            or os.path.exists(os.path.join(workdir, "refine.json"))):
+    """Refine a point that `awaits_refinement` (log: refine.log)."""
+    if not awaits_refinement(study, root, point):
         return
+    workdir = point_workdir(root, point)
     print(f"{tag} {point.name}: refining held-out identities", flush=True)
     t0 = time.time()
     _cli(refine_argv(study, point, root), extra_args, os.path.join(workdir, "refine.log"), f"refining point {point.name}")
     print(f"{tag} {point.name}: refined in {time.time() - t0:.0f} s", flush=True)
 
 
-__all__ = ["STATUSES", "plan", "point_status", "run"]
+__all__ = ["STATUSES", "awaits_refinement", "plan", "point_status", "run"]
