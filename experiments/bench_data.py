@@ -109,7 +109,7 @@ class _DeviceEngine:
         from flexavatar_jax.data import ground_truth, pipeline
         from flexavatar_jax.render import common
 
-        self.gsplat_tile = gsplat_tile and common.default_tile_size() != common.GSPLAT_TILE_SIZE
+        self.gsplat_tile = gsplat_tile
         self._it = pipeline.make_loader(_spec_source(world, 64), FLAGS.batch_size, seed=0)
         self._render = ground_truth.GroundTruthRenderer(world, input_annotations=False)
         with self._tiles():
