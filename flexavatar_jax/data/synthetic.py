@@ -41,7 +41,7 @@ from flexavatar_jax.head import uv as uvt
 from flexavatar_jax.head.procedural import load_procedural_arrays, load_procedural_head
 from flexavatar_jax.head.rotations import matrix_to_quat
 from flexavatar_jax.render import rasterize
-from flexavatar_jax.render.common import GSPLAT_TILE_SIZE
+from flexavatar_jax.render.common import GSPLAT_TILE_SIZE, finish_images
 
 HELDOUT_OFFSET = 1_000_000
 BACKGROUNDS = ("white", "black", "random")
@@ -282,10 +282,10 @@ class SyntheticWorld:
         flat = lambda x: x.reshape(b * v, *x.shape[2:])  # noqa: E731
         rows = jnp.repeat(jnp.arange(b), v)
 
-        def empty(bg):  # what a render with every Gaussian culled gives, without rendering
-            rgb = jnp.broadcast_to(jnp.where(jnp.isfinite(bg), bg, 0.0), (size, size, 3)).astype(jnp.float32)
-            zeros = jnp.zeros((size, size, 1), jnp.float32)
-            return rgb, zeros, (zeros if with_depth else None)
+        def empty(bg):  # what a render with every Gaussian culled gives (nothing composited, T = 1)
+            nothing = jnp.zeros((1, size, size, 4 if with_depth else 3), jnp.float32)
+            out, alpha = finish_images(nothing, jnp.ones((1, size, size, 1), jnp.float32), 3, mode, bg[None])
+            return out[0, ..., :3], alpha[0], (out[0, ..., 3:] if with_depth else None)
 
         def one(args):
             row, p, viewmat, K, bg, shown = args
