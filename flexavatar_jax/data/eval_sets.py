@@ -265,6 +265,50 @@ def with_inputs_of_next(eval_set: dict[str, np.ndarray]) -> dict[str, np.ndarray
     return out
 
 
+def with_lateral_input_first(eval_set: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The same eval set with each row's inputs reordered so that slot 0 holds the most lateral
+    real input view (largest |azimuth|; the others keep their order after it): `with_num_views(.., 1)`
+    of it scores a single side view instead of the protocol's frontal one, where a lifter that
+    fills the unseen half of the face (symmetric fusion) has something to add. Targets unchanged."""
+    azimuth = np.where(eval_set["input_mask"], np.abs(wrap_deg(eval_set["input_azimuth_deg"])), -1.0)
+    first = np.argmax(azimuth, axis=1)
+    slots = np.arange(MAX_INPUTS)
+    order = np.stack([np.concatenate([[k], slots[slots != k]]) for k in first])  # [N, 4]
+    out = dict(eval_set)
+    for key, value in eval_set.items():
+        if key.startswith("input_"):
+            index = order.reshape(*order.shape, *([1] * (value.ndim - 2)))
+            out[key] = np.take_along_axis(value, index, axis=1)
+    return out
+
+
+def with_input_camera_error(eval_set: dict[str, np.ndarray], angle_deg: float, seed: int = 0
+                            ) -> dict[str, np.ndarray]:
+    """The same eval set whose real input cameras are each turned by exactly `angle_deg` about an
+    axis through `motion.HEAD_CENTER`, uniformly random in direction (seeded; one draw per row and
+    slot): a head-pose tracking error of that size, as the projection lifters would get from a
+    tracker (the images, and what the other lifters see, are unchanged). Padding slots stay eye."""
+    if not np.isfinite(angle_deg) or angle_deg < 0:
+        raise ValueError(f"angle_deg must be a finite angle >= 0 (degrees), got {angle_deg}")
+    viewmats = eval_set["input_viewmats"].astype(np.float64)
+    n, v = viewmats.shape[:2]
+    axes = np.random.default_rng(seed).normal(size=(n, v, 3))
+    axes /= np.linalg.norm(axes, axis=-1, keepdims=True)
+    a = np.deg2rad(angle_deg)
+    cross = np.zeros((n, v, 3, 3))
+    cross[..., 0, 1], cross[..., 0, 2], cross[..., 1, 2] = -axes[..., 2], axes[..., 1], -axes[..., 0]
+    cross -= np.swapaxes(cross, -1, -2)
+    rot = np.eye(3) + np.sin(a) * cross + (1.0 - np.cos(a)) * (cross @ cross)  # Rodrigues
+    centre = motion.HEAD_CENTER.astype(np.float64)
+    moved = np.broadcast_to(np.eye(4), (n, v, 4, 4)).copy()
+    moved[..., :3, :3] = rot
+    moved[..., :3, 3] = centre - rot @ centre
+    out = dict(eval_set)
+    out["input_viewmats"] = np.where(eval_set["input_mask"][..., None, None], viewmats @ moved,
+                                     viewmats).astype(eval_set["input_viewmats"].dtype)
+    return out
+
+
 def cached_eval_set(world: SyntheticWorld, identity_ids: Sequence[int], num_views: int, num_targets: int,
                     mode: str = "self", seed: int = 0, cache_dir: str | None = None) -> dict[str, np.ndarray]:
     """`build_eval_set`, kept in `cache_dir` (when given) so runs that share the world and the draw
@@ -280,4 +324,4 @@ def cached_eval_set(world: SyntheticWorld, identity_ids: Sequence[int], num_view
 
 
 __all__ = ["FRONTAL_MAX_AZIMUTH_DEG", "MODES", "build_eval_set", "cached_eval_set", "target_azimuths",
-           "with_inputs_of_next", "with_num_views", "wrap_deg"]
+           "with_input_camera_error", "with_inputs_of_next", "with_lateral_input_first", "with_num_views", "wrap_deg"]

@@ -189,6 +189,59 @@ def test_input_shuffle_control_moves_inputs_only(self_set):
         eval_sets.with_inputs_of_next({k: v[:1] for k, v in self_set.items()})
 
 
+def test_lateral_input_first_puts_the_widest_view_in_slot_0_and_keeps_everything_else(self_set):
+    lateral = eval_sets.with_lateral_input_first(self_set)
+    widest = np.abs(eval_sets.wrap_deg(self_set["input_azimuth_deg"])).max(axis=1)
+    np.testing.assert_array_equal(np.abs(eval_sets.wrap_deg(lateral["input_azimuth_deg"][:, 0])), widest)
+    assert np.all(widest > eval_sets.FRONTAL_MAX_AZIMUTH_DEG / 4)  # the probe's premise on this draw
+    for k in range(len(self_set["identity"])):
+        # A permutation of the row's inputs: every array moves with its frame.
+        order = [int(np.flatnonzero(self_set["input_frame"][k] == f)[0]) for f in lateral["input_frame"][k]]
+        assert sorted(order) == [0, 1, 2, 3]
+        for key, value in self_set.items():
+            if key.startswith("input_"):
+                np.testing.assert_array_equal(lateral[key][k], value[k][order], err_msg=key)
+    for key, value in self_set.items():
+        if not key.startswith("input_"):
+            np.testing.assert_array_equal(lateral[key], value, err_msg=key)
+    one = eval_sets.with_num_views(lateral, 1)
+    np.testing.assert_array_equal(one["input_images"][:, 0], lateral["input_images"][:, 0])
+    assert one["input_mask"].sum() == len(self_set["identity"])
+
+
+def test_input_camera_error_turns_each_real_input_camera_by_the_angle_about_the_head(self_set):
+    angle = 7.5
+    two = eval_sets.with_num_views(self_set, 2)
+    moved = eval_sets.with_input_camera_error(two, angle, seed=3)
+    old, new = two["input_viewmats"].astype(np.float64), moved["input_viewmats"].astype(np.float64)
+    centre = np.append(HEAD_CENTER, 1.0)
+    turned = []
+    for k in range(len(two["identity"])):
+        for slot in range(4):
+            if not two["input_mask"][k, slot]:
+                np.testing.assert_array_equal(new[k, slot], old[k, slot])  # padding untouched
+                continue
+            relative = old[k, slot, :3, :3].T @ new[k, slot, :3, :3]
+            cos = np.clip((np.trace(relative) - 1.0) / 2.0, -1.0, 1.0)
+            assert np.rad2deg(np.arccos(cos)) == pytest.approx(angle, abs=1e-3)
+            # A rotation about the head centre: the centre stays where the camera saw it.
+            np.testing.assert_allclose(new[k, slot] @ centre, old[k, slot] @ centre, atol=1e-5)
+            np.testing.assert_allclose(new[k, slot, 3], [0, 0, 0, 1])
+            turned.append(relative)
+    assert len({tuple(np.round(r, 6).ravel()) for r in turned}) == len(turned)  # a fresh axis per view
+    for key, value in two.items():
+        if key != "input_viewmats":
+            np.testing.assert_array_equal(moved[key], value, err_msg=key)
+    np.testing.assert_allclose(eval_sets.with_input_camera_error(two, 0.0)["input_viewmats"], two["input_viewmats"],
+                               atol=1e-7)
+    again = eval_sets.with_input_camera_error(two, angle, seed=3)["input_viewmats"]
+    np.testing.assert_array_equal(again, moved["input_viewmats"])
+    assert not np.array_equal(eval_sets.with_input_camera_error(two, angle, seed=4)["input_viewmats"], again)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="angle_deg"):
+            eval_sets.with_input_camera_error(two, bad)
+
+
 def test_cached_eval_set_equals_a_fresh_one_and_is_keyed_by_the_draw(world, ids, self_set, tmp_path):
     first = eval_sets.cached_eval_set(world, ids, 4, NUM_TARGETS, "self", 0, str(tmp_path))
     again = eval_sets.cached_eval_set(world, ids, 4, NUM_TARGETS, "self", 0, str(tmp_path))  # read from disk

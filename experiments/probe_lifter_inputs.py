@@ -1,0 +1,201 @@
+"""Why do the projection lifters beat the Structured Head Queries here? Their inputs, probed.
+
+Dual-UV and symmetric fusion lift image features through the input cameras and the tracked head
+mesh; on synthetic data they get both exactly, while the queries lifter reads the images alone
+(FlexAvatar's setting: uncalibrated photos). This probe scores trained runs on their held-out
+self-reenactment set (the one `evaluate` scored them on: `data.cache_dir`, `eval.seed`), from one
+input view, under:
+
+* `exact` — the protocol's frontal input with its true camera (the study's 1-view cell);
+* `error_<θ>` — the same input with its camera turned by θ degrees about a random axis through the
+  head centre (`eval_sets.with_input_camera_error`): a head-pose tracking error of θ. A lifter that
+  never reads cameras scores exactly as at `exact` (checked: the probe fails otherwise);
+* `lateral` — the most lateral of the four input views instead (`eval_sets.with_lateral_input_first`),
+  true camera: half the face unseen, where symmetric fusion has something to fill in.
+
+PSNR per split (all, frontal, side/back), per run and condition, and the difference of every
+variant to `--reference` paired over held-out identities and seeds, with a 95% bootstrap interval.
+
+    python experiments/probe_lifter_inputs.py --workdirs ROOT/baseline_seed0,ROOT/dual_uv_seed0,... \\
+        --reference baseline --out experiments/results/x
+
+A run's variant is its directory name without `_seed<k>`. Writes `lifter_inputs.json` and
+`lifter_inputs.png` under `--out`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+from flexavatar_jax import inference
+from flexavatar_jax.config import Config
+from flexavatar_jax.data import eval_sets
+from flexavatar_jax.models.batch import model_inputs
+from flexavatar_jax.studies.ablation import paired_difference
+from flexavatar_jax.train import evaluate as ev
+from flexavatar_jax.train import inputs
+from flexavatar_jax.train.reports import host_predictor
+
+flags.DEFINE_list("workdirs", None, "Trained run directories (each with config.json and checkpoints).")
+flags.DEFINE_string("reference", "baseline", "Variant the others are compared with.")
+flags.DEFINE_list("angles", ["2", "5", "10", "20"], "Camera errors to score, degrees.")
+flags.DEFINE_integer("identities", 0, "Score the first N held-out identities of the eval set (0 = all).")
+flags.DEFINE_integer("batch", 8, "Rows per forward pass.")
+flags.DEFINE_integer("seed", 0, "Seed of the error axes (the same draw for every run).")
+flags.DEFINE_integer("resamples", 2000, "Bootstrap resamples.")
+flags.DEFINE_string("out", "out/lifter_inputs", "Output directory.")
+FLAGS = flags.FLAGS
+
+SPLITS = ("all", "frontal", "side_back")
+
+
+def variant_of(workdir: str) -> tuple[str, int]:
+    name = os.path.basename(workdir.rstrip("/"))
+    m = re.fullmatch(r"(.+)_seed(\d+)", name)
+    return (m.group(1), int(m.group(2))) if m else (name, 0)
+
+
+def conditions(es: dict, angles: list[float], seed: int) -> dict[str, dict]:
+    out = {"exact": eval_sets.with_num_views(es, 1)}
+    for a in angles:
+        out[f"error_{a:g}"] = eval_sets.with_input_camera_error(out["exact"], a, seed)
+    out["lateral"] = eval_sets.with_num_views(eval_sets.with_lateral_input_first(es), 1)
+    return out
+
+
+def per_identity_psnr(result: dict) -> dict[str, list[float]]:
+    """{split: [identities]} mean PSNR over the split's targets of each identity (NaN: none)."""
+    psnr = np.asarray(result["per_target"]["psnr"], np.float64)
+    masks = ev.split_masks(np.asarray(result["per_target"]["marginal"]), np.asarray(result["per_target"]["azimuth_deg"]))
+    out = {}
+    for split in SPLITS:
+        m = masks[split]
+        with np.errstate(invalid="ignore"):
+            out[split] = (np.where(m, psnr, 0).sum(1) / m.sum(1)).tolist()
+    return out
+
+
+def probe(workdir: str, angles: list[float]) -> dict:
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = Config.from_dict(json.load(f))
+    system, params = inference.load(config, workdir)
+    world = inputs.make_world(config, system.head)
+    ids = inputs.heldout_for_eval(config)
+    es = eval_sets.cached_eval_set(world, ids, 4, config.eval.num_targets, "self", config.eval.seed,
+                                   config.data.cache_dir or None)
+    if FLAGS.identities:
+        es = {k: v[: FLAGS.identities] for k, v in es.items()}
+    host = host_predictor(system)
+    predict = lambda batch: host(params, model_inputs(batch))  # noqa: E731
+    out = {"workdir": workdir, "lifter": config.model.lifter_type, "identities": int(len(es["identity"])),
+           "lateral_input_azimuth_deg": np.abs(eval_sets.wrap_deg(
+               eval_sets.with_lateral_input_first(es)["input_azimuth_deg"][:, 0])).tolist(),
+           "conditions": {}}
+    for name, cond in conditions(es, angles, FLAGS.seed).items():
+        t0 = time.time()
+        res = ev.evaluate(predict, cond, batch_size=FLAGS.batch)
+        out["conditions"][name] = {"mean": {s: res[s]["psnr"] for s in SPLITS}, "per_identity": per_identity_psnr(res)}
+        print(f"  {name:>9}: PSNR all {res['all']['psnr']:.2f}, frontal {res['frontal']['psnr']:.2f}, side/back "
+              f"{res['side_back']['psnr']:.2f} dB ({time.time() - t0:.0f} s)", flush=True)
+    if not system.needs_cameras():
+        exact = out["conditions"]["exact"]["per_identity"]["all"]
+        for name, c in out["conditions"].items():
+            if name.startswith("error_") and not np.allclose(c["per_identity"]["all"], exact, equal_nan=True):
+                raise AssertionError(f"{workdir}: the {config.model.lifter_type!r} lifter reads no cameras, yet its "
+                                     f"score changed under {name}")
+    return out
+
+
+def compare(runs: list[dict], reference: str, resamples: int) -> dict:
+    """{variant: {"seeds", condition: {split: paired difference to the reference under the same condition}}}
+    over the seeds both have (the reference, reading no cameras, scores the same under every error)."""
+    by_variant: dict[str, dict[int, dict]] = {}
+    for r in runs:
+        v, s = variant_of(r["workdir"])
+        by_variant.setdefault(v, {})[s] = r
+    if reference not in by_variant:
+        raise ValueError(f"--reference {reference!r} is none of the runs' variants {sorted(by_variant)}")
+    ref = by_variant[reference]
+    out = {}
+    for v, seeds in by_variant.items():
+        if v == reference:
+            continue
+        common = sorted(set(seeds) & set(ref))
+        if not common:
+            raise ValueError(f"{v}: no seed in common with the reference {reference!r}")
+        out[v] = {"seeds": common}
+        for cond in seeds[common[0]]["conditions"]:
+            out[v][cond] = {}
+            for split in SPLITS:
+                a = np.array([seeds[s]["conditions"][cond]["per_identity"][split] for s in common])
+                b = np.array([ref[s]["conditions"][cond]["per_identity"][split] for s in common])
+                out[v][cond][split] = paired_difference(a, b, resamples)
+    return out
+
+
+def plot(runs: list[dict], angles: list[float], reference: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    xs = [0.0, *angles]
+    by_variant: dict[str, list[dict]] = {}
+    for r in runs:
+        by_variant.setdefault(variant_of(r["workdir"])[0], []).append(r)
+    for ax, split in zip(axes, ("frontal", "side_back")):
+        for k, (v, rs) in enumerate(sorted(by_variant.items())):
+            ys = [np.mean([r["conditions"]["exact" if a == 0 else f"error_{a:g}"]["mean"][split] for r in rs]) for a in xs]
+            style = "k--" if v == reference else f"C{k}o-"
+            ax.plot(xs, ys, style, label=f"{v} ({rs[0]['lifter']})")
+            lat = np.mean([r["conditions"]["lateral"]["mean"][split] for r in rs])
+            ax.plot([xs[-1] * 1.08], [lat], "k*" if v == reference else f"C{k}*", ms=10)
+        ax.set_title(f"held-out self-reenactment, 1 input view, {split.replace('_', '/')} targets", fontsize=9)
+        ax.set_xlabel("input camera error (degrees, about the head centre); ★ = lateral input, exact camera")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("PSNR (dB)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv) -> int:
+    del argv
+    if not FLAGS.workdirs:
+        print("probe_lifter_inputs: error: give --workdirs", file=sys.stderr)
+        return 2
+    angles = [float(a) for a in FLAGS.angles]
+    if any(not np.isfinite(a) or a <= 0 for a in angles):
+        print(f"probe_lifter_inputs: error: --angles must be positive degrees, got {FLAGS.angles}", file=sys.stderr)
+        return 2
+    os.makedirs(FLAGS.out, exist_ok=True)
+    runs = []
+    t0 = time.time()
+    for k, w in enumerate(FLAGS.workdirs):
+        print(f"[{k + 1}/{len(FLAGS.workdirs)}] {w} ({time.time() - t0:.0f} s so far)", flush=True)
+        runs.append(probe(w, angles))
+    diffs = compare(runs, FLAGS.reference, FLAGS.resamples)
+    for v, d in diffs.items():
+        for cond in runs[0]["conditions"]:
+            cells = ", ".join(f"{s} {d[cond][s]['mean']:+.2f} [{d[cond][s]['ci'][0]:+.2f}, {d[cond][s]['ci'][1]:+.2f}]"
+                              for s in SPLITS)
+            print(f"{v} − {FLAGS.reference}, {cond}: {cells}")
+    with open(os.path.join(FLAGS.out, "lifter_inputs.json"), "w") as f:
+        json.dump({"angles_deg": angles, "seed": FLAGS.seed, "reference": FLAGS.reference, "runs": runs,
+                   "difference_to_reference": diffs}, f, indent=1)
+    plot(runs, angles, FLAGS.reference, os.path.join(FLAGS.out, "lifter_inputs.png"))
+    print(f"wrote {FLAGS.out}/lifter_inputs.json and lifter_inputs.png")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
