@@ -69,3 +69,56 @@ def test_mass_by_angle_against_a_direct_count():
     np.testing.assert_allclose(out["mass"], [np.mean(near), np.mean(far)])
     np.testing.assert_array_equal(out["count"], [len(near), len(far)])
     np.testing.assert_allclose(out["uniform"][0], np.mean(share_near))
+
+
+def _front_views(system, head, batch: int = 1, views: int = 2):
+    from flexavatar_jax.data import motion
+    from flexavatar_jax.head import HeadParams
+
+    rng = np.random.default_rng(0)
+    cams = motion.sample_cameras(rng, views, system.image_size, system.image_size, frontal_fraction=1.0)
+    s = system.image_size
+    params = HeadParams.zeros(head.num_shape, head.num_expression, (batch, views))
+    return InputViews(jnp.zeros((batch, views, s, s, 3)), jnp.ones((batch, views), bool),
+                      jnp.broadcast_to(jnp.asarray(cams.viewmats), (batch, views, 4, 4)),
+                      jnp.broadcast_to(jnp.asarray(cams.Ks), (batch, views, 3, 3)), params)
+
+
+def test_query_pixels_project_the_template_points_and_see_the_face_not_the_back(system, procedural_head):
+    from flexavatar_jax.models.head_queries import query_directions, template_points
+    from flexavatar_jax.render.camera import project_points
+
+    views = _front_views(system, procedural_head)
+    pixels, seen = probes.query_pixels(system, views)
+    points, valid = template_points(procedural_head, system.cfg.grid)
+    for k in range(2):  # zero params: the posed mesh is the template mesh
+        expected, _ = project_points(jnp.asarray(points.reshape(-1, 3)), views.viewmats[0, k], views.Ks[0, k])
+        np.testing.assert_allclose(np.asarray(pixels[0, k])[valid.reshape(-1)],
+                                   np.asarray(expected)[valid.reshape(-1)], atol=1e-3)
+    facing_z = query_directions(procedural_head, system.cfg.grid)[:, 2]
+    seen = np.asarray(seen)
+    assert not seen[..., ~valid.reshape(-1)].any()
+    assert seen[..., facing_z > 0.7].mean() > 0.9  # the face, seen by frontal cameras
+    assert seen[..., facing_z < -0.7].mean() < 0.1  # the back of the head, not
+    padded = views._replace(mask=jnp.array([[True, False]]))
+    assert not np.asarray(probes.query_pixels(system, padded)[1])[:, 1].any()
+
+
+def test_localisation_is_one_on_the_points_patch_and_chance_when_blind():
+    rng = np.random.default_rng(1)
+    b, q, v, hp, wp, patch = 2, 5, 3, 4, 4, 8
+    pixels = rng.uniform(0, hp * patch, (b, v, q, 2))
+    seen = rng.uniform(size=(b, v, q)) < 0.7
+    on_point = np.zeros((b, q, v, hp, wp))
+    for i in range(b):
+        for j in range(q):
+            for k in range(v):
+                on_point[i, j, k, int(pixels[i, k, j, 1] // patch), int(pixels[i, k, j, 0] // patch)] = 0.3
+    assert probes.localisation(on_point, pixels, seen, patch)["mass"] == pytest.approx(1.0)
+    blind = np.full((b, q, v, hp, wp), 1.0 / (v * hp * wp))
+    out = probes.localisation(blind, pixels, seen, patch, radius=1)
+    assert out["mass"] == pytest.approx(out["chance"])
+    assert 4 / 16 <= out["chance"] <= 9 / 16  # 2×2 at a corner … 3×3 inside
+    assert out["count"] == int(seen.sum())
+    with pytest.raises(ValueError, match="seen"):
+        probes.localisation(blind, pixels, np.zeros_like(seen), patch)
