@@ -30,8 +30,7 @@ import numpy as np
 from absl import app, flags
 
 from flexavatar_jax import inference
-from flexavatar_jax.config import Config
-from flexavatar_jax.data import eval_sets, media
+from flexavatar_jax.data import media
 from flexavatar_jax.data.pipeline import PARAM_FIELDS
 from flexavatar_jax.head import HeadParams
 from flexavatar_jax.train import inputs
@@ -53,13 +52,9 @@ def main(argv) -> int:
     if not FLAGS.workdir:
         print("probe_expression_appearance: error: give --workdir", file=sys.stderr)
         return 2
-    with open(os.path.join(FLAGS.workdir, "config.json")) as f:
-        config = Config.from_dict(json.load(f))
-    system = inference.make_system(config.model, config.head)
+    config, system, _ = inference.load_run(FLAGS.workdir)
     world = inputs.make_world(config, system.head)
-    ids = inputs.heldout_for_eval(config)
-    es = eval_sets.cached_eval_set(world, ids, 4, config.eval.num_targets, "self", config.eval.seed,
-                                   config.data.cache_dir or None)
+    es = inputs.heldout_eval_set(config, world, num_views=4)
     n = FLAGS.identities or len(es["identity"])
     t_count = es["target_images"].shape[1]
     os.makedirs(FLAGS.out, exist_ok=True)

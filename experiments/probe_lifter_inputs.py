@@ -35,7 +35,6 @@ import numpy as np
 from absl import app, flags
 
 from flexavatar_jax import inference
-from flexavatar_jax.config import Config
 from flexavatar_jax.data import eval_sets
 from flexavatar_jax.models.batch import model_inputs
 from flexavatar_jax.studies.ablation import paired_difference
@@ -83,13 +82,8 @@ def per_identity_psnr(result: dict) -> dict[str, list[float]]:
 
 
 def probe(workdir: str, angles: list[float]) -> dict:
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = Config.from_dict(json.load(f))
-    system, params = inference.load(config, workdir)
-    world = inputs.make_world(config, system.head)
-    ids = inputs.heldout_for_eval(config)
-    es = eval_sets.cached_eval_set(world, ids, 4, config.eval.num_targets, "self", config.eval.seed,
-                                   config.data.cache_dir or None)
+    config, system, params = inference.load_run(workdir)
+    es = inputs.heldout_eval_set(config, inputs.make_world(config, system.head), num_views=4)
     if FLAGS.identities:
         es = {k: v[: FLAGS.identities] for k, v in es.items()}
     host = host_predictor(system)

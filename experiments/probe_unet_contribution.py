@@ -24,7 +24,6 @@ import numpy as np
 from absl import app, flags
 
 from flexavatar_jax import inference
-from flexavatar_jax.config import Config
 from flexavatar_jax.data import eval_sets
 from flexavatar_jax.models.batch import model_inputs
 from flexavatar_jax.studies.ablation import paired_difference
@@ -47,20 +46,17 @@ def per_identity(values: np.ndarray, select: np.ndarray) -> np.ndarray:
 
 
 def probe(workdir: str) -> dict:
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = Config.from_dict(json.load(f))
+    config, system, params = inference.load_run(workdir)
     if not config.model.unet.enabled:
         raise ValueError(f"{workdir}: its model has no UNet (model.unet.enabled=false)")
-    system, params = inference.load(config, workdir)
     off = inference.make_system(dataclasses.replace(config.model, unet=dataclasses.replace(config.model.unet, enabled=False)),
                                 system.head)
     with_unet, without = host_predictor(system), host_predictor(off)
     world = inputs.make_world(config, system.head)
-    ids = inputs.heldout_for_eval(config)
     out = {"workdir": workdir}
     for mode in ("self", "cross"):
-        es = eval_sets.with_num_views(eval_sets.cached_eval_set(world, ids, 4, config.eval.num_targets, mode,
-                                                                config.eval.seed, config.data.cache_dir or None), 4)
+        es = eval_sets.with_num_views(inputs.heldout_eval_set(config, world, mode, num_views=4), 4)
+        n = len(es["identity"])
         renders = {}
         scores = {}
         for name, fn in (("unet", with_unet), ("zeroed", without)):
@@ -72,7 +68,7 @@ def probe(workdir: str) -> dict:
                 return rgb, alpha
 
             res = ev.evaluate(predict, es, batch_size=FLAGS.batch)
-            renders[name] = np.concatenate(kept)[: len(ids)]
+            renders[name] = np.concatenate(kept)[:n]
             scores[name] = np.asarray(res["per_target"]["psnr"], np.float64)
         diff = renders["unet"].astype(np.float64) - renders["zeroed"]
         mse = np.mean(diff ** 2, axis=(-3, -2, -1))

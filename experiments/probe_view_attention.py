@@ -33,8 +33,6 @@ import numpy as np
 from absl import app, flags
 
 from flexavatar_jax import inference
-from flexavatar_jax.config import Config
-from flexavatar_jax.data import eval_sets
 from flexavatar_jax.models import probes
 from flexavatar_jax.data.pipeline import PARAM_FIELDS
 from flexavatar_jax.head import HeadParams
@@ -51,13 +49,9 @@ BINS = np.array([0.0, 30.0, 60.0, 90.0, 120.0, 150.0, 180.001])
 
 
 def probe(workdir: str) -> dict:
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = Config.from_dict(json.load(f))
-    system, params = inference.load(config, workdir)
-    world = inputs.make_world(config, system.head)
-    ids = inputs.heldout_for_eval(config)
-    es = eval_sets.cached_eval_set(world, ids, 4, config.eval.num_targets, "self", config.eval.seed,
-                                   config.data.cache_dir or None)
+    config, system, params = inference.load_run(workdir)
+    es = inputs.heldout_eval_set(config, inputs.make_world(config, system.head), num_views=4)
+    n = len(es["identity"])
     # A lifter that reads the input cameras (the view-pose oracle) gets them, as in its evaluation.
     fn = jax.jit(lambda p, rows: probes.patch_attention(system, p, input_views(system, rows)))
     # Where each query's point is in each image: the true cameras and tracked params (the probe's
@@ -66,7 +60,6 @@ def probe(workdir: str) -> dict:
         rows["input_images"], rows["input_mask"], rows["input_viewmats"], rows["input_Ks"],
         HeadParams(**{f: rows[f"input_{f}"] for f in PARAM_FIELDS}))))
     patches, pixels, seen = [], [], []
-    n = len(ids)
     for start in range(0, n, FLAGS.batch):
         rows = np.minimum(np.arange(start, start + FLAGS.batch), n - 1)
         batch = {k: v[rows] for k, v in model_inputs(es).items() if k.startswith("input_")}

@@ -17,10 +17,10 @@ from flexavatar_jax.inference.avatars import (
     save_avatar,
     turntable_frames,
 )
-from flexavatar_jax.inference.params import initial_params, load, load_params, make_system
+from flexavatar_jax.inference.params import initial_params, load, load_params, load_run, make_system
 
 __all__ = [
     "ANIMATION_CONFIG_KEYS", "animate_frames", "export_avatar_ply", "initial_params", "load", "load_avatar",
-    "load_params", "make_system", "reconstruct_from_dataset", "reconstruct_from_images", "save_avatar",
+    "load_params", "load_run", "make_system", "reconstruct_from_dataset", "reconstruct_from_images", "save_avatar",
     "turntable_frames",
 ]

@@ -148,3 +148,16 @@ def load(config: Config | Any, workdir: str | os.PathLike) -> tuple[FlexAvatar, 
     system = make_system(config.model, config.head)
     _, params = load_params(system, workdir, ema=config.train.ema_decay > 0)
     return system, params
+
+
+def load_run(workdir: str | os.PathLike) -> tuple[Config, FlexAvatar, Any]:
+    """(config, system, trained params) of a training run from its own record: the
+    `workdir/config.json` that `train` writes, then `load`. For probes and analyses of finished
+    runs, where the config is the run's, not the caller's."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist: is {workdir} a training run directory?")
+    with open(path) as f:
+        config = Config.from_dict(json.load(f))
+    system, params = load(config, workdir)
+    return config, system, params

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 
 from flexavatar_jax.config import Config
-from flexavatar_jax.data import pipeline
+from flexavatar_jax.data import eval_sets, pipeline
 from flexavatar_jax.data.synthetic import SyntheticWorld, heldout_ids
 from flexavatar_jax.head import HeadModel
 
@@ -95,3 +95,13 @@ def heldout_for_eval(config: Config) -> np.ndarray:
     if not 1 <= n <= have:
         raise ValueError(f"eval.num_identities={n} must be in [1, data.num_heldout={have}]")
     return heldout(config)[:n]
+
+
+def heldout_eval_set(config: Config, world: SyntheticWorld, mode: str = "self",
+                     num_views: int | None = None) -> dict[str, np.ndarray]:
+    """The held-out eval set a run of `config` is scored on in `mode`: its `eval.num_identities`
+    held-out ids, `eval.num_targets` targets, `eval.seed`, `num_views` inputs (default
+    `max(eval.views)`), kept in `data.cache_dir` when set (`eval_sets.cached_eval_set`)."""
+    e = config.eval
+    return eval_sets.cached_eval_set(world, heldout_for_eval(config), num_views or max(e.views), e.num_targets, mode,
+                                     e.seed, config.data.cache_dir or None)

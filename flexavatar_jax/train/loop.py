@@ -176,9 +176,7 @@ def periodic_evaluator(trainer: Trainer, config: Config, world):
     from flexavatar_jax.train import evaluate as ev
 
     e = config.eval
-    ids = inputs.heldout_for_eval(config)
-    es = eval_sets.cached_eval_set(world, ids, max(e.views), e.num_targets, "self", e.seed,
-                                   config.data.cache_dir or None)
+    es = inputs.heldout_eval_set(config, world)
 
     def run(params) -> dict[str, float]:
         t0 = time.time()

@@ -61,6 +61,13 @@ def test_load_restores_exactly_the_trained_params(tmp_path):
         inference.load_params(inference.make_system(other, system.head), tmp_path)
     bf16 = inference.make_system(dataclasses.replace(cfg.model, compute_dtype="bfloat16"), system.head)
     _assert_bitwise_equal(inference.load_params(bf16, tmp_path)[1], state.params)
+    # `load_run` takes the config from the run's own record.
+    recorded, system, params = inference.load_run(tmp_path)
+    assert recorded == cfg and system.cfg == cfg.model
+    _assert_bitwise_equal(params, state.ema_params)
+    with pytest.raises(FileNotFoundError, match="config.json does not exist") as err:
+        inference.load_run(tmp_path / "checkpoints")
+    assert str(tmp_path / "checkpoints") in str(err.value)
 
 
 def test_initial_params_are_the_trainers_initial_params(tmp_path):
