@@ -20,7 +20,9 @@ variant to `--reference` paired over held-out identities and seeds, with a 95% b
         --reference baseline --out experiments/results/x
 
 A run's variant is its directory name without `_seed<k>`. Writes `lifter_inputs.json` and
-`lifter_inputs.png` under `--out`.
+`lifter_inputs.png` under `--out`. With `--from_json` (an earlier `lifter_inputs.json`) nothing is
+scored again: the differences are recomputed against another `--reference` (e.g. `dual_uv`, for
+symmetric fusion against Dual-UV) and written as `lifter_inputs_vs_<reference>.json`.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ flags.DEFINE_integer("identities", 0, "Score the first N held-out identities of 
 flags.DEFINE_integer("batch", 8, "Rows per forward pass.")
 flags.DEFINE_integer("seed", 0, "Seed of the error axes (the same draw for every run).")
 flags.DEFINE_integer("resamples", 2000, "Bootstrap resamples.")
+flags.DEFINE_string("from_json", None, "An earlier lifter_inputs.json: compare its runs against --reference only.")
 flags.DEFINE_string("out", "out/lifter_inputs", "Output directory.")
 FLAGS = flags.FLAGS
 
@@ -134,13 +137,15 @@ def compare(runs: list[dict], reference: str, resamples: int) -> dict:
     return out
 
 
-def plot(runs: list[dict], angles: list[float], reference: str, path: str) -> None:
+def plot(runs: list[dict], angles: list[float], path: str) -> None:
+    """PSNR against the camera error per variant (mean over its seeds), frontal and side/back
+    targets; a lifter that reads no cameras is a dashed line, the lateral input a star."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.3), sharey=True)
     xs = [0.0, *angles]
     by_variant: dict[str, list[dict]] = {}
     for r in runs:
@@ -148,24 +153,47 @@ def plot(runs: list[dict], angles: list[float], reference: str, path: str) -> No
     for ax, split in zip(axes, ("frontal", "side_back")):
         for k, (v, rs) in enumerate(sorted(by_variant.items())):
             ys = [np.mean([r["conditions"]["exact" if a == 0 else f"error_{a:g}"]["mean"][split] for r in rs]) for a in xs]
-            style = "k--" if v == reference else f"C{k}o-"
-            ax.plot(xs, ys, style, label=f"{v} ({rs[0]['lifter']})")
+            blind = rs[0]["lifter"] == "queries"
+            ax.plot(xs, ys, "k--" if blind else f"C{k}o-", label=f"{v} ({rs[0]['lifter']} lifter)")
             lat = np.mean([r["conditions"]["lateral"]["mean"][split] for r in rs])
-            ax.plot([xs[-1] * 1.08], [lat], "k*" if v == reference else f"C{k}*", ms=10)
-        ax.set_title(f"held-out self-reenactment, 1 input view, {split.replace('_', '/')} targets", fontsize=9)
-        ax.set_xlabel("input camera error (degrees, about the head centre); ★ = lateral input, exact camera")
+            ax.plot([xs[-1] * 1.08], [lat], "k*" if blind else f"C{k}*", ms=10)
+        ax.set_title(f"{split.replace('_', '/')} targets", fontsize=10)
+        ax.set_xlabel("input camera error (degrees, about the head centre)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("PSNR (dB)")
     axes[0].legend(fontsize=8)
+    fig.suptitle("held-out self-reenactment from 1 input view: the protocol's frontal input under a camera error; "
+                 "★ = the most lateral input, exact camera", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def print_differences(diffs: dict, conditions: list[str]) -> None:
+    for v, d in diffs.items():
+        for cond in conditions:
+            cells = ", ".join(f"{s} {d[cond][s]['mean']:+.2f} [{d[cond][s]['ci'][0]:+.2f}, {d[cond][s]['ci'][1]:+.2f}]"
+                              for s in SPLITS)
+            print(f"{v} − {FLAGS.reference}, {cond}: {cells}")
+
+
 def main(argv) -> int:
     del argv
+    if FLAGS.from_json:
+        with open(FLAGS.from_json) as f:
+            earlier = json.load(f)
+        runs = earlier["runs"]
+        diffs = compare(runs, FLAGS.reference, FLAGS.resamples)
+        print_differences(diffs, list(runs[0]["conditions"]))
+        os.makedirs(FLAGS.out, exist_ok=True)
+        path = os.path.join(FLAGS.out, f"lifter_inputs_vs_{FLAGS.reference}.json")
+        with open(path, "w") as f:
+            json.dump({"from": FLAGS.from_json, "reference": FLAGS.reference, "difference_to_reference": diffs}, f, indent=1)
+        plot(runs, [float(a) for a in earlier["angles_deg"]], os.path.join(FLAGS.out, "lifter_inputs.png"))
+        print(f"wrote {path} and lifter_inputs.png")
+        return 0
     if not FLAGS.workdirs:
-        print("probe_lifter_inputs: error: give --workdirs", file=sys.stderr)
+        print("probe_lifter_inputs: error: give --workdirs (or --from_json)", file=sys.stderr)
         return 2
     angles = [float(a) for a in FLAGS.angles]
     if any(not np.isfinite(a) or a <= 0 for a in angles):
@@ -178,15 +206,11 @@ def main(argv) -> int:
         print(f"[{k + 1}/{len(FLAGS.workdirs)}] {w} ({time.time() - t0:.0f} s so far)", flush=True)
         runs.append(probe(w, angles))
     diffs = compare(runs, FLAGS.reference, FLAGS.resamples)
-    for v, d in diffs.items():
-        for cond in runs[0]["conditions"]:
-            cells = ", ".join(f"{s} {d[cond][s]['mean']:+.2f} [{d[cond][s]['ci'][0]:+.2f}, {d[cond][s]['ci'][1]:+.2f}]"
-                              for s in SPLITS)
-            print(f"{v} − {FLAGS.reference}, {cond}: {cells}")
+    print_differences(diffs, list(runs[0]["conditions"]))
     with open(os.path.join(FLAGS.out, "lifter_inputs.json"), "w") as f:
         json.dump({"angles_deg": angles, "seed": FLAGS.seed, "reference": FLAGS.reference, "runs": runs,
                    "difference_to_reference": diffs}, f, indent=1)
-    plot(runs, angles, FLAGS.reference, os.path.join(FLAGS.out, "lifter_inputs.png"))
+    plot(runs, angles, os.path.join(FLAGS.out, "lifter_inputs.png"))
     print(f"wrote {FLAGS.out}/lifter_inputs.json and lifter_inputs.png")
     return 0
 
