@@ -50,7 +50,7 @@ def variant_samples(point_results: list[dict]) -> dict[str, dict[int, dict]]:
     return out
 
 
-def _stack(by_seed: dict[int, dict], seeds: list[int], cell) -> np.ndarray | None:
+def stacked(by_seed: dict[int, dict], seeds: list[int], cell) -> np.ndarray | None:
     """[seeds, identities] values of a cell; None when a seed lacks it or it has no targets (an
     empty split)."""
     if not seeds or any(cell not in by_seed[s] for s in seeds):
@@ -136,7 +136,7 @@ def build_ablation(study: Study, root: str, bootstrap: int = 1000) -> dict:
         seeds = sorted(by_seed)
         for cell in (cells if name == baseline else MAIN_CELLS):
             for metric in MAIN_METRICS:
-                values = _stack(by_seed, seeds, (*cell, metric))
+                values = stacked(by_seed, seeds, (*cell, metric))
                 if values is None:
                     continue
                 table.setdefault(name, {})["/".join((*cell, metric))] = _mean_entry(values, rng, bootstrap)
@@ -144,7 +144,7 @@ def build_ablation(study: Study, root: str, bootstrap: int = 1000) -> dict:
     for claim, a_text, b_text, sign, source in study.claims:
         (va, ca), (vb, cb) = parse_cell(a_text), parse_cell(b_text)
         seeds = sorted(set(samples.get(va, {})) & set(samples.get(vb, {})))
-        a, b = _stack(samples.get(va, {}), seeds, ca), _stack(samples.get(vb, {}), seeds, cb)
+        a, b = stacked(samples.get(va, {}), seeds, ca), stacked(samples.get(vb, {}), seeds, cb)
         row = {"claim": claim, "a": a_text, "b": b_text, "expected": sign, "source": source, "seeds": seeds}
         if a is None or b is None:
             row.update(difference=None, matches="no data (variant unfinished, or the cell has no targets)")
@@ -179,7 +179,9 @@ def _forest_plot(claims: list[dict], path: str) -> str | None:
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks(range(len(rows)), [f"{c['claim']} (expect {c['expected']})" for c in rows], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("a − b with 95% paired bootstrap interval (green: paper's sign, red: opposite, grey: unresolved)")
+    ax.set_xlabel("a − b with 95% paired bootstrap interval")
+    # The key as the figure's title: as an axis label it ran past the figure's edge.
+    fig.suptitle("green: the paper's sign · red: the opposite · grey: unresolved", fontsize=9)
     fig.tight_layout()
     with replacing(path) as tmp:
         fig.savefig(tmp, dpi=110)
@@ -241,5 +243,5 @@ def write_ablation_report(study: Study, root: str, bootstrap: int = 1000, out_di
     return path
 
 
-__all__ = ["MAIN_CELLS", "build_ablation", "paired_difference", "parse_cell", "read_refinement", "verdict",
-           "write_ablation_report"]
+__all__ = ["MAIN_CELLS", "build_ablation", "paired_difference", "parse_cell", "read_refinement", "stacked",
+           "variant_samples", "verdict", "write_ablation_report"]
