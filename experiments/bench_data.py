@@ -27,8 +27,9 @@ overall and per round (`per_round`, `min_round`, `max_round`);
 * `tiny` — for `configs/flexavatar.py:tiny`: seconds per train step with the batch already on the
   device, seconds to make a batch (loader + device render), and the data share of a step.
 
-On a GPU: `--backend gpu --image_size 512 --uv_resolution 256` etc.; `--config base` adds the
-data share of a `base` step (the issue's goal: ≤ 15 %).
+On a GPU host the same command runs on the GPU (JAX's default backend; `backend` in the JSON says
+which): e.g. `--image_size 512 --uv_resolution 256`; `--config base` measures the data share of a
+`base` step instead of a `tiny` one (the issue's goal: ≤ 15 %).
 """
 
 from __future__ import annotations
