@@ -40,6 +40,7 @@ from flexavatar_jax import inference
 from flexavatar_jax.data import eval_sets
 from flexavatar_jax.models.batch import model_inputs
 from flexavatar_jax.studies.ablation import paired_difference
+from flexavatar_jax.studies.report import per_identity
 from flexavatar_jax.train import evaluate as ev
 from flexavatar_jax.train import inputs
 from flexavatar_jax.train.reports import host_predictor
@@ -74,14 +75,9 @@ def conditions(es: dict, angles: list[float], seed: int) -> dict[str, dict]:
 
 def per_identity_psnr(result: dict) -> dict[str, list[float]]:
     """{split: [identities]} mean PSNR over the split's targets of each identity (NaN: none)."""
-    psnr = np.asarray(result["per_target"]["psnr"], np.float64)
-    masks = ev.split_masks(np.asarray(result["per_target"]["marginal"]), np.asarray(result["per_target"]["azimuth_deg"]))
-    out = {}
-    for split in SPLITS:
-        m = masks[split]
-        with np.errstate(invalid="ignore"):
-            out[split] = (np.where(m, psnr, 0).sum(1) / m.sum(1)).tolist()
-    return out
+    per_target = result["per_target"]
+    masks = ev.split_masks(per_target["marginal"], per_target["azimuth_deg"])
+    return {split: per_identity(per_target, "psnr", masks[split]).tolist() for split in SPLITS}
 
 
 def probe(workdir: str, angles: list[float]) -> dict:

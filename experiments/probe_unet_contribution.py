@@ -27,6 +27,7 @@ from flexavatar_jax import inference
 from flexavatar_jax.data import eval_sets
 from flexavatar_jax.models.batch import model_inputs
 from flexavatar_jax.studies.ablation import paired_difference
+from flexavatar_jax.studies.report import per_identity
 from flexavatar_jax.train import evaluate as ev
 from flexavatar_jax.train import inputs
 from flexavatar_jax.train.reports import host_predictor
@@ -38,11 +39,6 @@ flags.DEFINE_string("out", "out/unet_contribution", "Output directory.")
 FLAGS = flags.FLAGS
 
 SPLITS = ("all", "ordinary", "marginal")
-
-
-def per_identity(values: np.ndarray, select: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore"):
-        return np.where(select, values, 0.0).sum(1) / select.sum(1)
 
 
 def probe(workdir: str) -> dict:
@@ -73,13 +69,12 @@ def probe(workdir: str) -> dict:
         diff = renders["unet"].astype(np.float64) - renders["zeroed"]
         mse = np.mean(diff ** 2, axis=(-3, -2, -1))
         between = np.where(mse > 0, -10.0 * np.log10(np.maximum(mse, 1e-30)), ev.PSNR_CAP_DB)
-        marginal = np.asarray(es["target_marginal"], bool)
-        masks = {"all": np.ones_like(marginal), "ordinary": ~marginal, "marginal": marginal}
-        out[mode] = {split: {"count": int(m.sum()),
-                             "psnr_unet": per_identity(scores["unet"], m).tolist(),
-                             "psnr_zeroed": per_identity(scores["zeroed"], m).tolist(),
-                             "psnr_between": per_identity(np.minimum(between, ev.PSNR_CAP_DB), m).tolist()}
-                     for split, m in masks.items()}
+        per_target = {"psnr_unet": scores["unet"], "psnr_zeroed": scores["zeroed"],
+                      "psnr_between": np.minimum(between, ev.PSNR_CAP_DB)}
+        masks = ev.split_masks(es["target_marginal"], es["target_azimuth_deg"])
+        out[mode] = {split: {"count": int(masks[split].sum()),
+                             **{k: per_identity(per_target, k, masks[split]).tolist() for k in per_target}}
+                     for split in SPLITS}
     return out
 
 

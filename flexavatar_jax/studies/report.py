@@ -21,14 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from flexavatar_jax.data.eval_sets import FRONTAL_MAX_AZIMUTH_DEG, wrap_deg
 from flexavatar_jax.files import replacing, write_atomic
 from flexavatar_jax.studies import fits
 from flexavatar_jax.studies.runner import point_status
 from flexavatar_jax.studies.spec import Point, Study, point_workdir, points
-from flexavatar_jax.train.evaluate import finite_or_none
+from flexavatar_jax.train.evaluate import finite_or_none, split_masks
 
-SPLITS = ("all", "ordinary", "marginal", "frontal", "side_back")
 # Per-target quantities read from eval.json (`<name>` and `<name>_shuffled`).
 BASE_METRICS = ("psnr", "psnr_head", "ssim", "iou")
 # What is fitted against N: (key, label, transform of the per-target values, direction).
@@ -48,7 +46,7 @@ PRIMARY_CELL = ("self", "4_views", "all")
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def _per_identity(per_target: dict[str, list], name: str, select: np.ndarray) -> np.ndarray | None:
+def per_identity(per_target: dict[str, list], name: str, select: np.ndarray) -> np.ndarray | None:
     """Per held-out identity: mean of a quantity over the selected targets ([I], NaN where none)."""
     def mean(values):
         v = np.where(select, np.asarray(values, np.float64), np.nan)
@@ -85,10 +83,8 @@ def _quiet():
 
 
 def _split_masks(per_target: dict[str, list]) -> dict[str, np.ndarray]:
-    marginal = np.asarray(per_target["marginal"], bool)
-    frontal = np.abs(wrap_deg(np.asarray(per_target["azimuth_deg"], np.float64))) <= FRONTAL_MAX_AZIMUTH_DEG
-    return {"all": np.ones_like(marginal), "ordinary": ~marginal, "marginal": marginal, "frontal": frontal,
-            "side_back": ~frontal}
+    """`evaluate.split_masks` of an eval.json result's per-target lists."""
+    return split_masks(per_target["marginal"], per_target["azimuth_deg"])
 
 
 def read_point(root: str, point: Point) -> dict[str, Any]:
@@ -128,7 +124,7 @@ def read_point(root: str, point: Point) -> dict[str, Any]:
                 masks = _split_masks(per_target)
                 for split, select in masks.items():
                     for name in SHOWN:
-                        values = _per_identity(per_target, name, select)
+                        values = per_identity(per_target, name, select)
                         if values is not None:
                             cells[(mode, views, split, name)] = values
         out["cells"] = cells
@@ -428,4 +424,4 @@ def write_report(study: Study, root: str, bootstrap: int = 1000, out_dir: str | 
     return path
 
 
-__all__ = ["FITTED", "PRIMARY", "aggregate", "build_report", "convergence", "read_point", "write_report"]
+__all__ = ["FITTED", "PRIMARY", "aggregate", "build_report", "convergence", "per_identity", "read_point", "write_report"]
