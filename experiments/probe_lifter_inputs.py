@@ -65,6 +65,15 @@ def variant_of(workdir: str) -> tuple[str, int]:
     return (m.group(1), int(m.group(2))) if m else (name, 0)
 
 
+def by_variant(runs: list[dict]) -> dict[str, dict[int, dict]]:
+    """{variant: {seed: run}} of the probed runs."""
+    out: dict[str, dict[int, dict]] = {}
+    for r in runs:
+        v, seed = variant_of(r["workdir"])
+        out.setdefault(v, {})[seed] = r
+    return out
+
+
 def conditions(es: dict, angles: list[float], seed: int) -> dict[str, dict]:
     out = {"exact": eval_sets.with_num_views(es, 1)}
     for a in angles:
@@ -87,11 +96,11 @@ def probe(workdir: str, angles: list[float]) -> dict:
         es = {k: v[: FLAGS.identities] for k, v in es.items()}
     host = host_predictor(system)
     predict = lambda batch: host(params, model_inputs(batch))  # noqa: E731
+    conds = conditions(es, angles, FLAGS.seed)
     out = {"workdir": workdir, "lifter": config.model.lifter_type, "identities": int(len(es["identity"])),
-           "lateral_input_azimuth_deg": np.abs(eval_sets.wrap_deg(
-               eval_sets.with_lateral_input_first(es)["input_azimuth_deg"][:, 0])).tolist(),
+           "lateral_input_azimuth_deg": np.abs(eval_sets.wrap_deg(conds["lateral"]["input_azimuth_deg"][:, 0])).tolist(),
            "conditions": {}}
-    for name, cond in conditions(es, angles, FLAGS.seed).items():
+    for name, cond in conds.items():
         t0 = time.time()
         res = ev.evaluate(predict, cond, batch_size=FLAGS.batch)
         out["conditions"][name] = {"mean": {s: res[s]["psnr"] for s in SPLITS}, "per_identity": per_identity_psnr(res)}
@@ -109,15 +118,12 @@ def probe(workdir: str, angles: list[float]) -> dict:
 def compare(runs: list[dict], reference: str, resamples: int) -> dict:
     """{variant: {"seeds", condition: {split: paired difference to the reference under the same condition}}}
     over the seeds both have (the reference, reading no cameras, scores the same under every error)."""
-    by_variant: dict[str, dict[int, dict]] = {}
-    for r in runs:
-        v, s = variant_of(r["workdir"])
-        by_variant.setdefault(v, {})[s] = r
-    if reference not in by_variant:
-        raise ValueError(f"--reference {reference!r} is none of the runs' variants {sorted(by_variant)}")
-    ref = by_variant[reference]
+    variants = by_variant(runs)
+    if reference not in variants:
+        raise ValueError(f"--reference {reference!r} is none of the runs' variants {sorted(variants)}")
+    ref = variants[reference]
     out = {}
-    for v, seeds in by_variant.items():
+    for v, seeds in variants.items():
         if v == reference:
             continue
         common = sorted(set(seeds) & set(ref))
@@ -143,11 +149,9 @@ def plot(runs: list[dict], angles: list[float], path: str) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.3), sharey=True)
     xs = [0.0, *angles]
-    by_variant: dict[str, list[dict]] = {}
-    for r in runs:
-        by_variant.setdefault(variant_of(r["workdir"])[0], []).append(r)
+    variants = {v: list(seeds.values()) for v, seeds in by_variant(runs).items()}
     for ax, split in zip(axes, ("frontal", "side_back")):
-        for k, (v, rs) in enumerate(sorted(by_variant.items())):
+        for k, (v, rs) in enumerate(sorted(variants.items())):
             ys = [np.mean([r["conditions"]["exact" if a == 0 else f"error_{a:g}"]["mean"][split] for r in rs]) for a in xs]
             blind = rs[0]["lifter"] == "queries"
             ax.plot(xs, ys, "k--" if blind else f"C{k}o-", label=f"{v} ({rs[0]['lifter']} lifter)")
