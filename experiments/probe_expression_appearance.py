@@ -34,6 +34,7 @@ from flexavatar_jax.data import media
 from flexavatar_jax.data.pipeline import PARAM_FIELDS
 from flexavatar_jax.head import HeadParams
 from flexavatar_jax.train import inputs
+from flexavatar_jax.train.evaluate import PSNR_CAP_DB
 
 flags.DEFINE_string("workdir", None, "A trained run (its config.json names the world and the eval set).")
 flags.DEFINE_integer("identities", 0, "The first N held-out identities of the eval set (0 = all).")
@@ -85,8 +86,8 @@ def main(argv) -> int:
         values = np.array([r["psnr_wrinkles_off"] for r in chosen])
         finite = values[np.isfinite(values)]
         # The split's PSNR as the evaluation forms it: the mean of per-target PSNRs (identical
-        # renders, infinite PSNR, are counted at the evaluator's 100 dB cap).
-        capped = np.minimum(values, 100.0)
+        # renders, infinite PSNR, are counted at the evaluator's cap).
+        capped = np.minimum(values, PSNR_CAP_DB)
         summary[split] = {"count": len(chosen), "mean_psnr_db": float(capped.mean()),
                           "median_psnr_db": float(np.median(capped)),
                           "min_psnr_db": float(finite.min()) if finite.size else None,
