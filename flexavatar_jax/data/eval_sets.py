@@ -73,6 +73,16 @@ def _choose(rng: np.random.Generator, candidates: np.ndarray, k: int) -> np.ndar
     return rng.choice(candidates, size=k, replace=k > len(candidates))
 
 
+def _about_head(rot: np.ndarray) -> np.ndarray:
+    """The world map p -> c + R(p - c), a rotation `rot [..., 3, 3]` about c = HEAD_CENTER, as
+    4×4 matrices [..., 4, 4] (float64)."""
+    centre = motion.HEAD_CENTER.astype(np.float64)
+    out = np.broadcast_to(np.eye(4), (*rot.shape[:-2], 4, 4)).copy()
+    out[..., :3, :3] = rot
+    out[..., :3, 3] = centre - rot @ centre
+    return out
+
+
 def _rotate_about_head(viewmat: np.ndarray, delta_deg: float) -> np.ndarray:
     """The camera moved by `delta_deg` of azimuth around the vertical axis through HEAD_CENTER.
 
@@ -80,10 +90,7 @@ def _rotate_about_head(viewmat: np.ndarray, delta_deg: float) -> np.ndarray:
     world->camera map with the inverse rotation."""
     a = np.deg2rad(delta_deg)
     rot = np.array([[np.cos(a), 0.0, np.sin(a)], [0.0, 1.0, 0.0], [-np.sin(a), 0.0, np.cos(a)]])
-    inverse = np.eye(4)
-    inverse[:3, :3] = rot.T
-    inverse[:3, 3] = motion.HEAD_CENTER - rot.T @ motion.HEAD_CENTER
-    return (viewmat.astype(np.float64) @ inverse).astype(np.float32)
+    return (viewmat.astype(np.float64) @ _about_head(rot.T)).astype(np.float32)
 
 
 def wrap_deg(a):
@@ -291,20 +298,16 @@ def with_input_camera_error(eval_set: dict[str, np.ndarray], angle_deg: float, s
     if not np.isfinite(angle_deg) or angle_deg < 0:
         raise ValueError(f"angle_deg must be a finite angle >= 0 (degrees), got {angle_deg}")
     viewmats = eval_set["input_viewmats"].astype(np.float64)
-    n, v = viewmats.shape[:2]
-    axes = np.random.default_rng(seed).normal(size=(n, v, 3))
+    axes = np.random.default_rng(seed).normal(size=(*viewmats.shape[:2], 3))
     axes /= np.linalg.norm(axes, axis=-1, keepdims=True)
+    # Rodrigues in float64 on the host (`head.rodrigues` is float32 under jax's default precision).
     a = np.deg2rad(angle_deg)
-    cross = np.zeros((n, v, 3, 3))
+    cross = np.zeros((*axes.shape, 3))
     cross[..., 0, 1], cross[..., 0, 2], cross[..., 1, 2] = -axes[..., 2], axes[..., 1], -axes[..., 0]
     cross -= np.swapaxes(cross, -1, -2)
-    rot = np.eye(3) + np.sin(a) * cross + (1.0 - np.cos(a)) * (cross @ cross)  # Rodrigues
-    centre = motion.HEAD_CENTER.astype(np.float64)
-    moved = np.broadcast_to(np.eye(4), (n, v, 4, 4)).copy()
-    moved[..., :3, :3] = rot
-    moved[..., :3, 3] = centre - rot @ centre
+    rot = np.eye(3) + np.sin(a) * cross + (1.0 - np.cos(a)) * (cross @ cross)
     out = dict(eval_set)
-    out["input_viewmats"] = np.where(eval_set["input_mask"][..., None, None], viewmats @ moved,
+    out["input_viewmats"] = np.where(eval_set["input_mask"][..., None, None], viewmats @ _about_head(rot),
                                      viewmats).astype(eval_set["input_viewmats"].dtype)
     return out
 
