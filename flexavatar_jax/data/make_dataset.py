@@ -4,6 +4,7 @@ that the same reader serves synthetic and real data."""
 from __future__ import annotations
 
 import pathlib
+import shutil
 import time
 
 import numpy as np
@@ -47,8 +48,8 @@ def make_dataset(world: SyntheticWorld, out: str | pathlib.Path, num_identities:
     """Write `num_identities` synthetic identities (`split` train or heldout ids) as VHAP sequence
     folders `out/id_XXXXXXX` (the folder is locked while it runs). An identity folder is complete
     once its `transforms.json` exists (written last, atomically): a re-run after an interruption
-    keeps the complete ones and rewrites the others, unless `overwrite` rewrites everything. An
-    unfinished folder has no `transforms.json`, so the reader refuses it."""
+    keeps the complete ones and rewrites the others from empty folders, unless `overwrite` rewrites
+    everything. An unfinished folder has no `transforms.json`, so the reader refuses it."""
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be train or heldout, got {split!r}")
     ids = train_ids(num_identities) if split == "train" else heldout_ids(num_identities)
@@ -64,6 +65,9 @@ def make_dataset(world: SyntheticWorld, out: str | pathlib.Path, num_identities:
                 paths.append(folder)
                 kept += 1
                 continue
+            # Rewritten from an empty folder: an unfinished one may hold the temporary file of a write
+            # that was killed, or frames of another config, which rewriting over it would leave.
+            shutil.rmtree(folder, ignore_errors=True)
             paths.append(write_identity(world, int(i), folder, cameras_per_frame, frame_stride, val_fraction,
                                         overwrite))
             done = k + 1 - kept

@@ -128,6 +128,21 @@ def test_on_disk_dataset_serves_the_same_contract(world, tmp_path):
         pipeline.VHAPFrames([str(folders[0])], image_size=64)
 
 
+def test_an_unfinished_identity_folder_is_rewritten_from_empty(world, tmp_path):
+    """What a killed run leaves in an identity folder without transforms.json (a temporary file of
+    an interrupted atomic write, a frame of another config) is gone after the re-run, which equals
+    an uninterrupted run file for file."""
+    whole = make_dataset(world, tmp_path / "whole", num_identities=1, cameras_per_frame=2, frame_stride=3)[0]
+    unfinished = tmp_path / "cut" / whole.name
+    (unfinished / "fg_masks").mkdir(parents=True)
+    (unfinished / "fg_masks" / ".00000_00.tmp-1-deadbeef.png").write_bytes(b"half a png")
+    (unfinished / "images").mkdir()
+    (unfinished / "images" / "00099_07.png").write_bytes(b"another config's frame")
+    resumed = make_dataset(world, tmp_path / "cut", num_identities=1, cameras_per_frame=2, frame_stride=3)[0]
+    files = lambda root: {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}  # noqa: E731
+    assert files(resumed) == files(whole)
+
+
 def test_bad_example_config_raises():
     with pytest.raises(ValueError, match="inputs"):
         pipeline.ExampleConfig(max_inputs=5)
